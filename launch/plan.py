@@ -1,0 +1,133 @@
+"""What each process of one attempt runs: its argv, its environment, its output label.
+
+Invariants:
+- A plan is asked afresh for every attempt: `HARNESS_RESTART_COUNT` is that attempt's
+  restart number, and a single-host run gets new free ports each time.
+- multiworker: one process per local worker. TF_CONFIG lists the whole cluster and its
+  task.index is the worker's global rank, which is also `HARNESS_RANK` and its prefix.
+- horovod: one process, horovodrun, which starts (and prefixes) every rank itself, on
+  the other hosts too (over its own ssh); so it runs from one launcher only.
+- A TF_CONFIG already in the environment (a Kubernetes TFJob, say) describes one task:
+  it is kept as is for `--nproc 1` on one host (the launcher then only restarts that
+  task), and refused anywhere else rather than silently replaced.
+- `PYTHONUNBUFFERED=1` unless set: output reaches the prefixer line by line, and the
+  last lines of a worker that is killed are not lost in its buffer.
+"""
+
+import functools
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+from launch import cluster
+from train.errors import UsageError
+
+HOROVOD_MISSING = ("horovod is not installed; install it with: pip install -e '.[horovod]' "
+                   "(see README)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec:
+    rank: int
+    label: str  # names it in the launcher's event lines: "worker 1", "horovodrun"
+    argv: tuple[str, ...]
+    env: dict = field(hash=False)  # the whole environment; not to be mutated
+    prefix: str = ""  # put before each output line: "[1] "
+
+
+def check_command(command):
+    """The command's program must exist and be executable: exit 2 now, not N times."""
+    if not command:
+        raise UsageError("no command given: put it after --, e.g. "
+                         "harness-launch --nproc 2 -- python -m train ...")
+    if shutil.which(command[0]) is None:
+        if os.sep in command[0] and os.path.exists(command[0]):
+            raise UsageError(f"command is not executable: {command[0]}")
+        raise UsageError(f"command not found: {command[0]}")
+
+
+def make_plan(*, backend, spec, command, env, mpi=False):
+    """A function restart_count -> [WorkerSpec], for the supervisor."""
+    existing = cluster.existing_tf_config(env)
+    if backend == "horovod":
+        if existing is not None:
+            raise UsageError("TF_CONFIG is set in the environment: unset it for "
+                             "--backend horovod (the workers would take it for a cluster)")
+        argv = horovod_argv(horovodrun=find_horovodrun(), spec=spec, command=command,
+                            mpi=mpi, mpirun=shutil.which("mpirun"))
+        return functools.partial(_horovod_workers, argv=argv, env=env)
+    if mpi:
+        raise UsageError("--mpi applies to --backend horovod only")
+    if existing is not None:
+        if spec.world_size != 1 or spec.source != "local":
+            raise UsageError("TF_CONFIG is set in the environment and already describes "
+                             "a cluster: unset it, or supervise that one task with --nproc 1")
+        return functools.partial(_kept_tf_config_worker, config=existing,
+                                 command=tuple(command), env=env)
+    return functools.partial(_multiworker_workers, spec=spec, command=tuple(command), env=env)
+
+
+def _multiworker_workers(restart, *, spec, command, env):
+    addresses = spec.worker_addresses()
+    workers = []
+    for local_rank in range(spec.local_size):
+        rank = spec.rank_offset + local_rank
+        worker_env = _with_defaults(env) | harness_env(
+            rank=rank, world_size=spec.world_size, local_rank=local_rank,
+            local_size=spec.local_size, restart=restart)
+        worker_env["TF_CONFIG"] = cluster.tf_config(addresses, rank)
+        workers.append(WorkerSpec(rank=rank, label=f"worker {rank}", argv=command,
+                                  env=worker_env, prefix=f"[{rank}] "))
+    return workers
+
+
+def _kept_tf_config_worker(restart, *, config, command, env):
+    # Rank as train.distribute counts it: the chief first, then the workers.
+    chiefs = len(config["cluster"].get("chief", []))
+    index = int(config["task"]["index"])
+    rank = index + chiefs if config["task"]["type"] == "worker" else index
+    world = chiefs + len(config["cluster"].get("worker", []))
+    worker_env = _with_defaults(env) | harness_env(
+        rank=rank, world_size=world, local_rank=0, local_size=1, restart=restart)
+    return [WorkerSpec(rank=rank, label=f"worker {rank}", argv=command, env=worker_env,
+                       prefix=f"[{rank}] ")]
+
+
+def _horovod_workers(restart, *, argv, env):
+    # horovodrun sets HOROVOD_RANK & co. per rank and prefixes their output itself.
+    worker_env = _with_defaults(env) | {"HARNESS_RESTART_COUNT": str(restart)}
+    return [WorkerSpec(rank=0, label="horovodrun", argv=argv, env=worker_env)]
+
+
+def harness_env(*, rank, world_size, local_rank, local_size, restart):
+    return {"HARNESS_RANK": str(rank), "HARNESS_WORLD_SIZE": str(world_size),
+            "HARNESS_LOCAL_RANK": str(local_rank), "HARNESS_LOCAL_WORLD_SIZE": str(local_size),
+            "HARNESS_RESTART_COUNT": str(restart)}
+
+
+def _with_defaults(env):
+    return {"PYTHONUNBUFFERED": "1"} | dict(env)
+
+
+def find_horovodrun():
+    """horovodrun on PATH, else beside this Python (a venv run without activating it)."""
+    found = shutil.which("horovodrun")
+    if found is None:
+        found = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
+    if found is None:
+        raise UsageError(HOROVOD_MISSING)
+    return found
+
+
+def horovod_argv(*, horovodrun, spec, command, mpi, mpirun):
+    """horovodrun's command line: Gloo unless --mpi is asked for and mpirun exists."""
+    if spec.node_rank != 0:
+        raise UsageError(f"--node-rank {spec.node_rank}: with --backend horovod run "
+                         "harness-launch on the first host only; horovodrun starts the "
+                         "other hosts' ranks itself")
+    if mpi and mpirun is None:
+        raise UsageError("--mpi: mpirun is not installed (leave --mpi out to use Gloo)")
+    hosts = ",".join(f"{host.name}:{host.slots}" for host in spec.hosts)
+    return (horovodrun, "--mpi" if mpi else "--gloo", "-np", str(spec.world_size),
+            "-H", hosts, *command)

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+
+from train import config as config_lib
+from train.errors import UsageError
+
+
+def parse(tmp_path, *flags):
+    return config_lib.parse_args(["--workdir", str(tmp_path / "run"), *flags])
+
+
+def test_defaults_run_the_seed_cnn_on_the_builtin_dataset(tmp_path):
+    config = parse(tmp_path)
+    assert (config.model, config.dataset, config.strategy) == ("cnn", "shapes10", "auto")
+    assert config.steps == 2000 and config.epochs is None
+
+
+def test_flags_override_config_file_which_overrides_defaults(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("batch-size: 64\nlearning_rate: 0.01\nsteps: 7\n")
+    config = parse(tmp_path, "--config", str(path), "--steps", "9")
+    assert (config.batch_size, config.learning_rate, config.steps) == (64, 0.01, 9)
+
+
+def test_json_config_and_epochs_replace_default_steps(tmp_path):
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"epochs": 2, "deterministic": True}))
+    config = parse(tmp_path, "--config", str(path))
+    assert (config.epochs, config.steps, config.deterministic) == (2.0, None, True)
+
+
+def test_boolean_flags_and_signal_lists(tmp_path):
+    config = parse(tmp_path, "--no-augment", "--async-checkpoint",
+                   "--preemption-signals", "SIGTERM,SIGUSR2")
+    assert config.augment is False and config.async_checkpoint is True
+    assert config.preemption_signals == ("SIGTERM", "SIGUSR2")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--steps", "0"], "--steps must be positive"),
+    (["--steps", "-3"], "--steps must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--learning-rate", "-0.1"], "--learning-rate must be positive"),
+    (["--learning-rate", "fast"], "--learning-rate: invalid value"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--strategy", "tpu"], "unknown strategy 'tpu'"),
+    (["--optimizer", "lion"], "unknown optimizer 'lion'"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--steps", "5", "--epochs", "1"], "not both"),
+    (["--preemption-signals", "SIGNOPE"], "unknown signal 'SIGNOPE'"),
+    (["--replicas", "2", "--strategy", "default"], "--replicas applies to"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_bad_flags_name_the_problem(tmp_path, flags, fragment):
+    with pytest.raises(UsageError, match=fragment.replace("(", r"\(")):
+        parse(tmp_path, *flags)
+
+
+def test_missing_or_malformed_config_file(tmp_path):
+    with pytest.raises(UsageError, match="cannot read"):
+        parse(tmp_path, "--config", str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UsageError, match="malformed"):
+        parse(tmp_path, "--config", str(bad))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("wings: 2\n")
+    with pytest.raises(UsageError, match="unknown key 'wings'"):
+        parse(tmp_path, "--config", str(unknown))
+
+
+def test_workdir_that_is_a_file_or_unwritable(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(UsageError, match="not a directory"):
+        config_lib.parse_args(["--workdir", str(file)])
+    with pytest.raises(UsageError, match="not a directory"):
+        config_lib.parse_args(["--workdir", str(file / "sub")])
+    with pytest.raises(UsageError, match="--workdir is required"):
+        config_lib.parse_args([])
+
+
+def test_help_documents_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        config_lib.build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in config_lib.TrainConfig.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in text
+    assert "(default: 128)" in text and "(default: shapes10)" in text

@@ -1,0 +1,213 @@
+"""train.data: the index stream, exact resume, sharding, batch sizes, errors, eval coverage."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from train import data
+from train.datasets import shapes10
+from train.errors import UsageError
+
+# A tiny stand-in with CIFAR shape: synthetic examples are computed from their index, so
+# the stream logic can be checked on real tensors without any files.
+TINY = data.DatasetInfo("synthetic", (32, 32, 3), 10, num_train=100, num_test=30)
+SMALL_TRAIN, SMALL_TEST = 200, 70
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    """A small shapes10 prepared through data.dataset_info (the auto-prepare path)."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(shapes10, "NUM_TRAIN", SMALL_TRAIN)
+        monkeypatch.setattr(shapes10, "NUM_TEST", SMALL_TEST)
+        data.dataset_info("shapes10", data_dir)
+    return data_dir
+
+
+def _indices(info, count, **kwargs):
+    kwargs.setdefault("seed", 1)
+    kwargs.setdefault("start_example", 0)
+    return [int(i) for i in data.example_indices(info, **kwargs).take(count)]
+
+
+def _batches(info, data_dir, count, **kwargs):
+    ds = data.train_dataset(info, data_dir, **kwargs).take(count)
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_default_data_dir_follows_env(monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", "/some/where")
+    assert data.default_data_dir() == "/some/where"
+    monkeypatch.delenv("TFDS_DATA_DIR")
+    assert data.default_data_dir().endswith("tensorflow_datasets")
+
+
+def test_index_stream_is_a_new_permutation_each_epoch():
+    stream = _indices(TINY, 300)
+    epochs = [stream[i:i + 100] for i in range(0, 300, 100)]
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(100))
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert _indices(TINY, 100, seed=2) != epochs[0]
+    assert _indices(TINY, 300) == stream  # a pure function of the seed
+
+
+def test_start_example_slices_the_same_stream():
+    stream = _indices(TINY, 300)
+    for start in (37, 100, 163):
+        assert _indices(TINY, 300 - start, start_example=start) == stream[start:]
+
+
+def test_position():
+    assert data.position(TINY, step=0, global_batch_size=16) == (0, 0)
+    assert data.position(TINY, step=7, global_batch_size=16) == (1, 12)
+    # 2 workers: 50 examples each per epoch, 8 per worker per step.
+    assert data.position(TINY, step=7, global_batch_size=16, num_workers=2) == (1, 6)
+    with pytest.raises(UsageError):
+        data.position(TINY, step=1, global_batch_size=15, num_workers=2)
+
+
+def test_worker_shards_are_disjoint_and_cover_the_epoch():
+    whole = _indices(TINY, 100)
+    shards = [_indices(TINY, 33, worker_index=w, num_workers=3) for w in range(3)]
+    assert sorted(sum(shards, [])) == sorted(whole[:99])  # 100 // 3 * 3: tail dropped
+    # The second epoch of each worker starts right after its 33 examples.
+    second = [_indices(TINY, 66, worker_index=w, num_workers=3)[33:] for w in range(3)]
+    assert sorted(sum(second, [])) == sorted(_indices(TINY, 200)[100:199])
+
+
+@pytest.mark.parametrize("start_step", [3, 6, 7])  # mid-epoch, spanning the boundary, after it
+def test_resume_yields_the_same_batches_synthetic(start_step):
+    kwargs = dict(global_batch_size=16, seed=3, augment=True)
+    full = _batches(TINY, None, 10, start_step=0, **kwargs)
+    resumed = _batches(TINY, None, 10 - start_step, start_step=start_step, **kwargs)
+    for (x, y), (rx, ry) in zip(full[start_step:], resumed, strict=True):
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+
+
+def test_resume_yields_the_same_batches_shapes10(shapes_dir):
+    info = data.dataset_info("shapes10", shapes_dir)
+    kwargs = dict(global_batch_size=32, seed=5, augment=True)
+    full = _batches(info, shapes_dir, 9, start_step=0, **kwargs)  # 200 / 32: crosses epochs
+    for start_step in (2, 6):
+        resumed = _batches(info, shapes_dir, 9 - start_step, start_step=start_step, **kwargs)
+        for (x, y), (rx, ry) in zip(full[start_step:], resumed, strict=True):
+            np.testing.assert_array_equal(x, rx)
+            np.testing.assert_array_equal(y, ry)
+
+
+def test_resume_per_worker_with_input_context():
+    kwargs = dict(global_batch_size=16, seed=3, augment=False)
+    for worker in range(2):
+        context = tf.distribute.InputContext(2, worker, num_replicas_in_sync=4)
+        # 2 local replicas per worker: each step pulls 2 batches of 4 from each pipeline.
+        full = _batches(TINY, None, 20, start_step=0, input_context=context, **kwargs)
+        resumed = _batches(TINY, None, 8, start_step=6, input_context=context, **kwargs)
+        for (x, _), (rx, _) in zip(full[12:], resumed, strict=True):
+            np.testing.assert_array_equal(x, rx)
+
+
+def test_training_batches_follow_the_index_stream(shapes_dir):
+    info = data.dataset_info("shapes10", shapes_dir)
+    (x, y), = _batches(info, shapes_dir, 1, global_batch_size=64, seed=1, start_step=0,
+                       augment=False)
+    indices = _indices(info, 64, seed=1)
+    images, labels = data._load_split("shapes10", shapes_dir, "train")
+    np.testing.assert_array_equal(y, labels.numpy()[indices])
+    np.testing.assert_allclose(x, images.numpy()[indices] / 255.0, rtol=1e-6)
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_augmentation_is_a_padded_crop_or_flip(shapes_dir):
+    info = data.dataset_info("shapes10", shapes_dir)
+    kwargs = dict(global_batch_size=16, seed=1, start_step=0)
+    (plain, _), = _batches(info, shapes_dir, 1, augment=False, **kwargs)
+    (augmented, _), = _batches(info, shapes_dir, 1, augment=True, **kwargs)
+    assert not np.array_equal(plain, augmented)
+    for original, result in zip(plain, augmented):
+        padded = np.pad(original, ((4, 4), (4, 4), (0, 0)))
+        crops = [padded[dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(np.array_equal(result, c) or np.array_equal(result, c[:, ::-1]) for c in crops)
+
+
+def test_per_replica_batch_size_from_input_context():
+    context = tf.distribute.InputContext(2, 1, num_replicas_in_sync=4)
+    (x, y), = _batches(TINY, None, 1, global_batch_size=32, seed=0, start_step=0,
+                       augment=False, input_context=context)
+    assert x.shape == (8, 32, 32, 3) and y.shape == (8,)
+
+
+def test_batch_not_divisible_by_replicas_is_a_usage_error():
+    context = tf.distribute.InputContext(1, 0, num_replicas_in_sync=3)
+    with pytest.raises(UsageError, match=r"32.*3"):
+        data.train_dataset(TINY, None, global_batch_size=32, seed=0, start_step=0,
+                           augment=False, input_context=context)
+    with pytest.raises(UsageError, match=r"32.*3"):
+        data.eval_dataset(TINY, None, global_batch_size=32, input_context=context)
+
+
+def test_unknown_dataset_is_a_one_line_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="unknown dataset 'nosuch'") as error:
+        data.dataset_info("nosuch", str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+def test_unprepared_tfds_dataset_fails_fast_and_says_how_to_prepare(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="tfds build mnist") as error:
+        data.dataset_info("mnist", str(tmp_path))
+    assert time.monotonic() - started < 10  # no download, no network wait
+    assert "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_synthetic_info():
+    info = data.dataset_info("synthetic", None)
+    assert (info.image_shape, info.num_classes, info.num_train, info.num_test) == (
+        (32, 32, 3), 10, 50_000, 10_000)
+
+
+def test_eval_covers_each_test_example_once(shapes_dir):
+    info = data.dataset_info("shapes10", shapes_dir)
+    assert (info.num_train, info.num_test) == (SMALL_TRAIN, SMALL_TEST)
+    _, labels = data._load_split("shapes10", shapes_dir, "test")
+    batches = list(data.eval_dataset(info, shapes_dir, global_batch_size=32))
+    assert [len(y) for _, y in batches] == [32, 32, 6]  # last partial batch kept
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels.numpy())
+    shards = [
+        np.concatenate([x.numpy() for x, _ in data.eval_dataset(
+            info, shapes_dir, global_batch_size=32,
+            input_context=tf.distribute.InputContext(2, w, num_replicas_in_sync=2))])
+        for w in range(2)]
+    assert len(shards[0]) + len(shards[1]) == SMALL_TEST
+    everything = np.concatenate([x for x, _ in batches])
+    np.testing.assert_array_equal(shards[0], everything[0::2])
+    np.testing.assert_array_equal(shards[1], everything[1::2])
+
+
+_PREPARE = """
+import sys
+from train import data
+from train.datasets import shapes10
+shapes10.NUM_TRAIN, shapes10.NUM_TEST = 200, 50
+print(data.dataset_info("shapes10", sys.argv[1]).num_train)
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_prepares_once(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["200", "200"]
+    # TFDS announces each preparation (on stdout): exactly one process prepared.
+    assert sum("downloaded and prepared" in out + err for out, err in outputs) == 1

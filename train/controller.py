@@ -1,0 +1,111 @@
+"""The outer loop, in the words of the algorithm (after Orbit's Controller):
+
+    while step < total:
+        run steps up to the next boundary (log, checkpoint, eval, end)
+        maybe log; if preempted: save, exit 42; maybe save; maybe evaluate
+    save, evaluate, done
+
+Checkpointing is delegated to one object (train.checkpoint.CheckpointManager), reporting
+to one (train.monitor.Monitor).
+"""
+
+import dataclasses
+import numpy as np
+
+from train.errors import Preempted
+from train.loop import CORRECT, COUNT, LOSS_SUM, STOP, Throughput
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    total_steps: int
+    steps_per_call: int
+    log_every: int
+    checkpoint_every: int
+    eval_every: int  # 0: only at the end
+
+    def steps_until_boundary(self, step):
+        intervals = [self.log_every, self.checkpoint_every] + ([self.eval_every] if self.eval_every else [])
+        to_boundary = min(every - step % every for every in intervals)
+        return int(min(self.steps_per_call, to_boundary, self.total_steps - step))
+
+
+class Controller:
+    def __init__(self, *, trainer, schedule, checkpoints, monitor, watcher, iterator,
+                 evaluate, epoch_of, learning_rate_of, on_first_step=None):
+        self.trainer = trainer
+        self.schedule = schedule
+        self.checkpoints = checkpoints
+        self.monitor = monitor
+        self.watcher = watcher
+        self.iterator = iterator
+        self.evaluate_fn = evaluate
+        self.epoch_of = epoch_of
+        self.learning_rate_of = learning_rate_of
+        self.on_first_step = on_first_step  # called once, after the first compiled call
+        self._totals = np.zeros(4)
+        self._throughput = Throughput()
+        self._last_saved = None
+        self._last_evaluated = None
+
+    def run(self, start_step):
+        schedule = self.schedule
+        step = start_step
+        self._throughput.reset(step)
+        if step >= schedule.total_steps and self.on_first_step is not None:
+            self.on_first_step()  # a finished run, rerun: the resume is all there is to do
+            self.on_first_step = None
+        while step < schedule.total_steps:
+            # Right after a resume, one step alone: time-to-resume ends at the first step.
+            n = 1 if self.on_first_step is not None else schedule.steps_until_boundary(step)
+            sums = self.trainer.train(self.iterator, n)
+            step = int(self.trainer.step.numpy())
+            if self.on_first_step is not None:
+                self.on_first_step()
+                self.on_first_step = None
+            self._totals += sums
+            preempted = sums[STOP] > 0 or self.watcher.requested
+            if preempted or step % schedule.log_every == 0 or step == schedule.total_steps:
+                self._log(step)
+            if preempted:
+                self._save(step)
+                self.checkpoints.wait()
+                self.monitor.event("preempted", step=step, signal=self._signal_name())
+                raise Preempted(f"preempted at step {step}; checkpoint saved; rerun to resume")
+            if step % schedule.checkpoint_every == 0:
+                self._save(step)
+            if schedule.eval_every and step % schedule.eval_every == 0:
+                self._evaluate(step)
+        self._save(step)
+        if self._last_evaluated != step:
+            self._evaluate(step)
+        self.checkpoints.wait()
+        return step
+
+    def _signal_name(self):
+        return self.watcher.received[0] if self.watcher.received else "peer"
+
+    def _log(self, step):
+        totals, self._totals = self._totals, np.zeros(4)
+        if totals[COUNT] == 0:
+            return
+        steps_per_sec, _ = self._throughput.rate(step)
+        self._throughput.reset(step)
+        self.monitor.log_train(
+            step=step, epoch=self.epoch_of(step),
+            loss=float(totals[LOSS_SUM] / totals[COUNT]),
+            accuracy=float(totals[CORRECT] / totals[COUNT]),
+            learning_rate=self.learning_rate_of(step),
+            images_per_sec=steps_per_sec * self.trainer.global_batch_size,
+            steps_per_sec=steps_per_sec)
+
+    def _save(self, step):
+        if self._last_saved != step:
+            self.checkpoints.save(step)
+            self._last_saved = step
+
+    def _evaluate(self, step):
+        result = self.evaluate_fn()
+        self._last_evaluated = step
+        self.monitor.log_eval(step=step, **result)
+        self._throughput.reset(step)  # evaluation time is not training throughput

@@ -1,0 +1,311 @@
+"""Datasets by name -> tf.data pipelines, sharded across workers, with an exact, cheap position.
+
+Invariants (other modules and the resume tests rely on them):
+
+* Position. The training stream of worker w of W is a pure function of (seed, w, step).
+  Epoch e uses perm_e = stateless_shuffle(range(N), seed=(seed, e)); worker w takes
+  perm_e[:P * W][w::W] with P = N // W (the uneven tail is dropped so every worker has
+  P examples per epoch). The stream is epoch 0, epoch 1, ... concatenated without end and
+  batches cross epoch boundaries. After `step` global steps a worker has consumed
+  step * (global_batch_size // W) examples, so (epoch, offset) = divmod(that, P).
+  Only the step needs checkpointing: resuming builds the stream from that epoch on and
+  slices the offset off (nothing is iterated from the beginning), and yields exactly the
+  batches an uninterrupted run would have produced.
+* Sharding goes through tf.distribute.InputContext (as `distribute_datasets_from_function`
+  passes it): w = input_pipeline_id, W = num_input_pipelines, and the dataset is batched
+  per replica (each local replica pulls its own batches). Without one: w=0, W=1, batch =
+  global batch. tf.data auto-sharding is switched off: we shard ourselves.
+* Augmentation (flip + crop after 4-pixel zero padding) takes its parameters from a
+  per-epoch table seeded by (seed, epoch) and indexed by example, i.e. a pure function of
+  (seed, epoch, example index): no RNG state in checkpoints, identical after resume.
+* Examples. A split is loaded once into host memory (uint8) and batches are gathered by
+  index, so this suits datasets that fit in host memory (CIFAR, MNIST, shapes10 ...).
+  Images come out float32 in [0, 1], labels int32. `synthetic` has no files: each example
+  is computed from its index (see train.datasets), so it is deterministic too.
+"""
+
+import dataclasses
+import functools
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from train import datasets as builtin_datasets  # importing registers shapes10 with TFDS
+from train.errors import UsageError
+
+DEFAULT_DATASET = "shapes10"
+SYNTHETIC = "synthetic"
+PAD = 4  # CIFAR-standard crop padding
+_SPAN = 2 * PAD + 1  # possible crop offsets per axis
+_AUG_CODES = 2 * _SPAN * _SPAN  # one int encodes (flip, dx, dy)
+_SPLITS = {}  # (name, data_dir, split) -> (images uint8, labels int32), loaded once
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    image_shape: tuple  # (H, W, C)
+    num_classes: int
+    num_train: int
+    num_test: int
+
+
+def default_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _data_dir(data_dir):
+    return os.path.expanduser(data_dir or default_data_dir())
+
+
+def dataset_info(name: str, data_dir: str | None) -> DatasetInfo:
+    """Describe a dataset; prepares a built-in one on first use; UsageError if unusable."""
+    if name == SYNTHETIC:
+        return DatasetInfo(SYNTHETIC, (32, 32, 3), 10, 50_000, 10_000)
+    builder = _builder(name, _data_dir(data_dir))
+    features, splits = builder.info.features, builder.info.splits
+    return DatasetInfo(name, tuple(int(d) for d in features["image"].shape),
+                       int(features["label"].num_classes), int(splits["train"].num_examples),
+                       int(splits[_eval_split(builder)].num_examples))
+
+
+@functools.lru_cache(maxsize=None)
+def _builder(name, data_dir):
+    """An opened, prepared, validated TFDS builder (cached: opening reads JSON files)."""
+    base = name.split(":")[0].split("/")[0]
+    if base in builtin_datasets.BUILTIN:
+        builder = builtin_datasets.prepare(name, data_dir)
+    elif base not in tfds.list_builders(with_community_datasets=False):
+        raise UsageError(
+            f"unknown dataset {name!r}; use {SYNTHETIC!r}, "
+            f"{', '.join(repr(b) for b in builtin_datasets.BUILTIN)} or a TFDS "
+            "image-classification dataset prepared in the data dir (e.g. 'cifar10', 'mnist')")
+    else:
+        builder = _open_prepared(name, base, data_dir)
+    _check_features(name, builder)
+    return builder
+
+
+def _open_prepared(name, base, data_dir):
+    try:
+        with builtin_datasets.quiet_tfds():
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
+    except Exception as e:  # noqa: BLE001  (any TFDS failure is bad input here)
+        raise UsageError(f"cannot open dataset {name!r} in {data_dir}: {_one_line(e)}") from None
+    if not prepared:
+        # No download here: it could hang on a machine without internet, and N workers
+        # downloading at once into one directory would race.
+        raise UsageError(
+            f"dataset {name!r} is not prepared in {data_dir}: run `tfds build {base} "
+            f"--data_dir {data_dir}` on a machine with internet, or copy a prepared "
+            f"'{base}' directory into {data_dir}")
+    return builder
+
+
+def _check_features(name, builder):
+    features = builder.info.features
+    if ("image" not in features or "label" not in features
+            or not isinstance(features["label"], tfds.features.ClassLabel)):
+        raise UsageError(f"dataset {name!r} is not image classification: it needs features "
+                         f"'image' and 'label' (ClassLabel), has {sorted(features.keys())}")
+    shape = features["image"].shape
+    if len(shape) != 3 or None in shape:
+        raise UsageError(f"dataset {name!r} has images of shape {shape}; need a fixed (H, W, C)")
+    if "train" not in builder.info.splits or not _eval_split(builder):
+        raise UsageError(f"dataset {name!r} needs 'train' and 'test' (or 'validation') splits, "
+                         f"has {sorted(builder.info.splits.keys())}")
+
+
+def _eval_split(builder):
+    return next((s for s in ("test", "validation") if s in builder.info.splits), None)
+
+
+def _one_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _load_split(name, data_dir, split):
+    """The whole split as (uint8 images, int32 labels) tensors in host memory, loaded once."""
+    key = (name, data_dir, split)
+    if key not in _SPLITS:
+        builder = _builder(name, data_dir)
+        images, labels = tfds.as_numpy(builder.as_dataset(
+            split=split, batch_size=-1, as_supervised=True, shuffle_files=False))
+        with tf.device("/cpu:0"):
+            _SPLITS[key] = (tf.constant(images), tf.constant(labels.astype(np.int32)))
+    return _SPLITS[key]
+
+
+def _batch_source(info, data_dir, training):
+    """A function: int64 indices [B] -> (uint8 images [B, H, W, C], int32 labels [B])."""
+    if info.name == SYNTHETIC:
+        return functools.partial(
+            builtin_datasets.synthetic_batch, split="train" if training else "test",
+            image_shape=info.image_shape, num_classes=info.num_classes)
+    data_dir = _data_dir(data_dir)
+    split = "train" if training else _eval_split(_builder(info.name, data_dir))
+    images, labels = _load_split(info.name, data_dir, split)
+    return lambda indices: (tf.gather(images, indices), tf.gather(labels, indices))
+
+
+def _epoch_shard(num_examples, seed, epoch, worker_index, num_workers):
+    """This worker's indices of epoch `epoch`: every W-th of the epoch's permutation."""
+    perm = tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64),
+        seed=tf.stack([tf.constant(seed, tf.int64), epoch]), alg="philox")
+    per_worker = num_examples // num_workers
+    return perm[worker_index:per_worker * num_workers:num_workers]
+
+
+def _augment_codes(num_examples, seed, epoch):
+    """Per-example augmentation codes of one epoch, seeded by (seed, epoch) only."""
+    aug_seed = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(seed, tf.int64), epoch]), 1, alg="philox")
+    return tf.random.stateless_uniform(
+        [num_examples], seed=aug_seed, minval=0, maxval=_AUG_CODES, dtype=tf.int32, alg="philox")
+
+
+def _per_worker(info, num_workers):
+    """Training examples per worker per epoch (the uneven tail of the permutation dropped)."""
+    if info.num_train // num_workers < 1:
+        raise UsageError(f"{num_workers} workers but only {info.num_train} training examples")
+    return info.num_train // num_workers
+
+
+def _stream(info, seed, start_example, worker_index, num_workers):
+    """Infinite dataset of (example index, augmentation code), from `start_example` on."""
+    start_epoch, offset = divmod(int(start_example), _per_worker(info, num_workers))
+
+    def epoch_elements(epoch):
+        shard = _epoch_shard(info.num_train, seed, epoch, worker_index, num_workers)
+        shard = shard[tf.where(epoch == start_epoch, offset, 0):]  # skip what was consumed
+        codes = tf.gather(_augment_codes(info.num_train, seed, epoch), shard)
+        return tf.data.Dataset.from_tensor_slices((shard, codes))
+
+    return tf.data.Dataset.counter(start_epoch, dtype=tf.int64).flat_map(epoch_elements)
+
+
+def example_indices(info, *, seed, start_example: int, worker_index: int = 0,
+                    num_workers: int = 1) -> tf.data.Dataset:
+    """The index stream the training pipeline maps to examples (scalar int64 elements),
+    for worker `worker_index` of `num_workers`, after its first `start_example` examples."""
+    return _stream(info, seed, start_example, worker_index, num_workers).map(
+        lambda index, code: index)
+
+
+def position(info: DatasetInfo, *, step: int, global_batch_size: int,
+             num_workers: int = 1) -> tuple[int, int]:
+    """(epoch, offset within this worker's epoch) after `step` global steps."""
+    if global_batch_size % num_workers:
+        raise UsageError(f"global batch size {global_batch_size} is not divisible by "
+                         f"the number of workers {num_workers}")
+    consumed = step * (global_batch_size // num_workers)
+    return divmod(consumed, _per_worker(info, num_workers))
+
+
+def _augment(images, codes):
+    """Random crop after zero padding, then optional horizontal flip, per example.
+
+    Done on the whole batch with two batched gathers (rows, then columns) instead of
+    per-example ops: much faster in tf.data than a map over single images.
+    """
+    height, width = images.shape[1], images.shape[2]
+    flip, dx, dy = codes % 2, (codes // 2) % _SPAN, codes // (2 * _SPAN)
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
+    rows = dy[:, None] + tf.range(height)[None]
+    cols = tf.where(flip[:, None] == 1, tf.range(width - 1, -1, -1)[None], tf.range(width)[None])
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(out, dx[:, None] + cols, axis=2, batch_dims=1)
+
+
+def _to_float(images):
+    return tf.cast(images, tf.float32) / 255.0  # uint8 until here: 4x less to gather
+
+
+def _sharding(global_batch_size, input_context):
+    """(worker index, number of workers, batch size of one pull) from the InputContext."""
+    if global_batch_size < 1:
+        raise UsageError(f"global batch size must be positive, got {global_batch_size}")
+    if input_context is None:
+        return 0, 1, global_batch_size
+    replicas = input_context.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise UsageError(f"global batch size {global_batch_size} is not divisible by "
+                         f"the number of replicas {replicas}")
+    return (input_context.input_pipeline_id, input_context.num_input_pipelines,
+            input_context.get_per_replica_batch_size(global_batch_size))
+
+
+def _options():
+    options = tf.data.Options()
+    options.deterministic = True  # parallel map, but batches in stream order
+    options.autotune.enabled = True
+    options.experimental_optimization.map_parallelization = True
+    options.experimental_optimization.parallel_batch = True
+    # We shard by InputContext ourselves; auto-sharding by file would break the position.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: int,
+                  start_step: int, augment: bool,
+                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Infinite training batches (float32 images in [0, 1], int32 labels) from `start_step` on."""
+    worker, workers, batch = _sharding(global_batch_size, input_context)
+    start_example = start_step * (global_batch_size // workers)
+    source = _batch_source(info, data_dir, training=True)
+
+    def make_batch(indices, codes):
+        images, labels = source(indices)
+        return _to_float(_augment(images, codes) if augment else images), labels
+
+    ds = _stream(info, seed, start_example, worker, workers)
+    ds = ds.batch(batch, drop_remainder=True)
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
+                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """The whole test split once, in order, sharded by worker; the last partial batch kept."""
+    worker, workers, batch = _sharding(global_batch_size, input_context)
+    source = _batch_source(info, data_dir, training=False)
+
+    def make_batch(indices):
+        images, labels = source(indices)
+        return _to_float(images), labels
+
+    ds = tf.data.Dataset.range(worker, info.num_test, workers)
+    ds = ds.batch(batch, drop_remainder=False)
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def padded_eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
+                        input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """(images, labels, weights) batches for distributed evaluation.
+
+    Every replica of every worker gets the same number of full batches: the test split is
+    padded with weight-0 copies of example 0. Uneven or empty final batches would
+    otherwise reach some replicas only (an empty batch fails inside MirroredStrategy, and
+    unequal batch counts stall MultiWorkerMirroredStrategy's collectives).
+    """
+    worker, workers, batch = _sharding(global_batch_size, input_context)
+    local_replicas = (input_context.num_replicas_in_sync // workers) if input_context else 1
+    source = _batch_source(info, data_dir, training=False)
+    per_worker = -(-info.num_test // workers)
+    padded = -(-per_worker // (batch * local_replicas)) * batch * local_replicas
+
+    def make_batch(indices):
+        images, labels = source(tf.maximum(indices, 0))
+        return _to_float(images), labels, tf.cast(indices >= 0, tf.float32)
+
+    real = tf.data.Dataset.range(worker, info.num_test, workers)
+    count = len(range(worker, info.num_test, workers))
+    pad = tf.data.Dataset.from_tensors(tf.constant(-1, tf.int64)).repeat(padded - count)
+    ds = real.concatenate(pad).batch(batch, drop_remainder=True)
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())

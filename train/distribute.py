@@ -1,0 +1,171 @@
+"""Backends: who computes where, and how replicas agree.
+
+One interface (`Backend`), four implementations:
+
+  default      tf.distribute's default strategy: one device (a GPU if there is one).
+  mirrored     MirroredStrategy over the local GPUs (NCCL all-reduce), or over `--replicas`
+               logical CPU devices on a host without GPUs (so it is testable on CPU).
+  multiworker  MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG (set by
+               harness-launch or a Kubernetes TFJob) or from Slurm.
+  horovod      Horovod's core ops on the default strategy (train.horovod_backend).
+
+Invariants kept here: the chief is worker 0 (or the TF_CONFIG 'chief' task) and is the
+only writer of the workdir; the loss of each replica is scaled by the *global* batch, so
+gradients are combined by summation (tf.distribute optimizers sum across replicas, and
+Horovod's allreduce is asked to sum too).
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from train.errors import UsageError
+
+
+class Backend:
+    """What the trainer needs to know about distribution."""
+
+    name = "default"
+
+    def __init__(self, *, strategy, worker_index=0, num_workers=1):
+        self.strategy = strategy
+        self.worker_index = worker_index
+        self.num_workers = num_workers
+
+    @property
+    def is_chief(self):
+        return self.worker_index == 0
+
+    @property
+    def num_replicas(self):
+        return self.strategy.num_replicas_in_sync
+
+    def distribute_dataset(self, dataset_fn):
+        """dataset_fn(input_context) -> per-replica-batched tf.data.Dataset."""
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def reduce_gradients(self, grads):
+        """Replica context. tf.distribute optimizers already sum across replicas."""
+        return grads
+
+    def reduce_sum(self, per_replica):
+        """Cross-replica context: the sum over every replica of every worker."""
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def broadcast_variables(self, variables):
+        """Make every worker start from the chief's values (tf.distribute does it at creation)."""
+
+    def describe(self):
+        return f"{self.name}: {self.num_workers} worker(s), {self.num_replicas} replica(s)"
+
+
+class MirroredBackend(Backend):
+    name = "mirrored"
+
+
+class MultiWorkerBackend(Backend):
+    name = "multiworker"
+
+
+def _gpus():
+    return tf.config.list_physical_devices("GPU")
+
+
+def _tf_config():
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        workers = config["cluster"]["worker"]
+        config["task"]["type"], int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("TF_CONFIG is malformed: expected JSON with cluster.worker and task.type/index")
+    if not isinstance(workers, list):
+        raise UsageError("TF_CONFIG is malformed: cluster.worker must be a list of host:port")
+    return config
+
+
+def _in_slurm_multitask():
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+
+
+def resolve_strategy_name(requested):
+    """'auto' -> what the environment calls for."""
+    if requested != "auto":
+        return requested
+    tf_config = _tf_config()
+    cluster = tf_config["cluster"] if tf_config else {}
+    if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
+        return "multiworker"
+    if "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+        return "horovod"
+    return "mirrored" if len(_gpus()) > 1 else "default"
+
+
+def _logical_cpus(n):
+    """Split the host CPU into n logical devices (only possible before TF initialises)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    except RuntimeError:
+        pass  # runtime already initialised (in-process tests): use what exists
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) < n:
+        raise UsageError(f"--replicas {n}: only {len(devices)} logical CPU devices could be made "
+                         "(TensorFlow was initialised before the backend)")
+    return devices[:n]
+
+
+def _mirrored(replicas):
+    gpus = _gpus()
+    if gpus:
+        n = replicas or len(gpus)
+        if n > len(gpus):
+            raise UsageError(f"--replicas {n}: only {len(gpus)} GPU(s) on this host")
+        devices = [f"/gpu:{i}" for i in range(n)]
+        # NCCL all-reduce is MirroredStrategy's default across GPUs.
+        return MirroredBackend(strategy=tf.distribute.MirroredStrategy(devices))
+    devices = _logical_cpus(replicas or 1)
+    # NCCL is GPU-only; on CPU, reduce through one device.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return MirroredBackend(strategy=strategy)
+
+
+def _multiworker():
+    if _tf_config() is not None:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    elif _in_slurm_multitask():
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+    else:
+        raise UsageError("--strategy multiworker needs TF_CONFIG (use harness-launch) or a Slurm job")
+    implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if _gpus()
+                      else tf.distribute.experimental.CommunicationImplementation.RING)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=resolver,
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation))
+    spec = resolver.cluster_spec().as_dict()
+    chiefs = len(spec.get("chief", []))
+    index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
+    return MultiWorkerBackend(strategy=strategy, worker_index=index,
+                              num_workers=chiefs + len(spec.get("worker", [])))
+
+
+def create(strategy_name, *, replicas=None):
+    """Build the backend; must run before any other TensorFlow op in the process."""
+    name = resolve_strategy_name(strategy_name)
+    if name == "default":
+        return Backend(strategy=tf.distribute.get_strategy())
+    if name == "mirrored":
+        return _mirrored(replicas)
+    if name == "multiworker":
+        return _multiworker()
+    if name == "horovod":
+        from train import horovod_backend
+
+        return horovod_backend.create()
+    raise UsageError(f"--strategy: unknown strategy {strategy_name!r}")

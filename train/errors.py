@@ -1,0 +1,41 @@
+"""Exceptions that map onto the harness's exit codes.
+
+Exit codes (a contract users and launchers rely on):
+  0  done
+  1  any other failure (including a checkpoint write that failed: disk full, permissions)
+  2  bad usage or bad input; one line on stderr names what is wrong
+  42 preempted after a completed save: run the same command again to resume
+"""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PREEMPTED = 42
+
+
+class HarnessError(Exception):
+    """Base class: an error with a one-line message and an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(HarnessError):
+    """Bad flag, bad file, bad dataset, unusable workdir: exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckpointError(UsageError):
+    """No valid checkpoint to restore although some exist, or a checkpoint that does not fit."""
+
+
+class CheckpointWriteError(HarnessError):
+    """A save failed (disk full, permission denied, ...): exit 1, earlier checkpoints intact."""
+
+    exit_code = EXIT_FAILURE
+
+
+class Preempted(HarnessError):
+    """Raised after the preemption save completed: exit 42."""
+
+    exit_code = EXIT_PREEMPTED

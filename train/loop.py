@@ -1,0 +1,114 @@
+"""The trainer: compiled train/eval steps and the outer loop.
+
+Step semantics: one step = one global batch = one optimizer update, whatever the number
+of replicas. `step` lives in a tf.Variable that is checkpointed with the model; the data
+position is a pure function of it (train.data), so resuming needs nothing else.
+
+Each compiled call runs up to `steps_per_call` steps and returns the sums of
+[loss * examples, correct, examples, stop] over all replicas; `stop` is the preemption
+flag (train.preemption), so the call leaves after the step in which any worker saw a
+signal, and every worker leaves after the same step.
+"""
+
+import time
+
+import keras
+import tensorflow as tf
+
+LOSS_SUM, CORRECT, COUNT, STOP = range(4)
+
+
+class Trainer:
+    """Owns the compiled functions; knows nothing about files or schedules."""
+
+    def __init__(self, *, backend, model, optimizer, global_batch_size, stop_flag,
+                 jit_compile=False):
+        self.backend = backend
+        self.model = model
+        self.optimizer = optimizer
+        self.global_batch_size = global_batch_size
+        self.stop_flag = stop_flag
+        with backend.strategy.scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._replica_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
+        self._train_n = tf.function(self._train_n_impl)
+        self._eval_batch = tf.function(self._eval_batch_impl)
+
+    def _replica_train_step(self, images, labels):
+        model, optimizer = self.model, self.optimizer
+        with tf.GradientTape() as tape:
+            probs = model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            # Scaled by the global batch: summing gradients over replicas gives the mean.
+            loss = tf.reduce_sum(per_example) / self.global_batch_size
+            if model.losses:
+                loss += tf.add_n(model.losses) / self.backend.num_replicas
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        grads = self.backend.reduce_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return self._sums(per_example, probs, labels)
+
+    def _sums(self, per_example, probs, labels, weights=None):
+        correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32),
+                                   tf.cast(labels, tf.int32)), tf.float32)
+        if weights is None:
+            weights = tf.ones_like(correct)
+        return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32) * weights),
+                         tf.reduce_sum(correct * weights),
+                         tf.reduce_sum(weights),
+                         tf.identity(self.stop_flag.read_value())])
+
+    def _train_n_impl(self, iterator, n):
+        totals = tf.zeros([4])
+        for _ in tf.range(n):
+            images, labels = next(iterator)
+            per_replica = self.backend.strategy.run(self._replica_step, args=(images, labels))
+            sums = self.backend.reduce_sum(per_replica)
+            self.step.assign_add(1)
+            totals += sums
+            if sums[STOP] > 0:
+                break
+        return totals
+
+    def train(self, iterator, n):
+        """Run up to n steps; returns host-side sums (numpy) of the steps that ran."""
+        return self._train_n(iterator, tf.constant(n, tf.int64)).numpy()
+
+    def _replica_eval_step(self, images, labels, weights):
+        probs = self.model(images, training=False)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+        return self._sums(per_example, probs, labels, weights)
+
+    def _eval_batch_impl(self, batch):
+        per_replica = self.backend.strategy.run(self._replica_eval_step, args=batch)
+        return self.backend.reduce_sum(per_replica)
+
+    def evaluate(self, distributed_dataset):
+        """distributed_dataset yields (images, labels, weights): see data.padded_eval_dataset."""
+        totals = None
+        for batch in distributed_dataset:
+            sums = self._eval_batch(batch).numpy()
+            totals = sums if totals is None else totals + sums
+        count = float(totals[COUNT]) if totals is not None else 0.0
+        if count == 0:
+            return {"loss": float("nan"), "accuracy": float("nan"), "examples": 0}
+        return {"loss": float(totals[LOSS_SUM] / count),
+                "accuracy": float(totals[CORRECT] / count), "examples": int(count)}
+
+
+class Throughput:
+    """Wall-clock rate between two log points (includes input wait: what users get)."""
+
+    def __init__(self):
+        self.reset(0)
+
+    def reset(self, step):
+        self.start_time = time.perf_counter()
+        self.start_step = step
+
+    def rate(self, step):
+        elapsed = time.perf_counter() - self.start_time
+        steps = step - self.start_step
+        return (steps / elapsed if elapsed > 0 else 0.0), elapsed

@@ -1,0 +1,224 @@
+"""Assemble one training run from a validated TrainConfig and run it.
+
+Nothing is written into the workdir until every check that can fail on bad input has
+passed (flags, dataset, model/dataset of an existing workdir, its checkpoints).
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import psutil
+import tensorflow as tf
+
+from train import checkpoint, data, distribute, models, optimizers
+from train.controller import Controller, Schedule
+from train.errors import UsageError
+from train.loop import Trainer
+from train.monitor import Monitor
+from train.preemption import PreemptionWatcher
+
+CONFIG_FILE = "config.json"
+IDENTITY_KEYS = ("model", "dataset", "image_shape", "num_classes")
+
+
+def total_steps(config, info):
+    if config.steps is not None:
+        return config.steps
+    return max(1, int(round(config.epochs * info.num_train / config.batch_size)))
+
+
+def read_run_config(workdir):
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable run config ({e})")
+
+
+def check_same_run(workdir, identity):
+    """A workdir belongs to one model and dataset: refuse a silent mix."""
+    previous = read_run_config(workdir)
+    if previous is None:
+        return
+    for key in IDENTITY_KEYS:
+        if key in previous and previous[key] != identity[key]:
+            raise UsageError(f"--workdir {workdir} holds a run with {key}={previous[key]!r}, "
+                             f"not {identity[key]!r}; use another --workdir")
+
+
+def write_run_config(workdir, config, identity, steps):
+    body = {**config.to_json(), **identity, "total_steps": steps}
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def setup_numerics(config):
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = {"fp32": "float32"}.get(config.precision, config.precision)
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def build_state(config, backend, info, steps):
+    with backend.strategy.scope():
+        model = models.build(config.model, info.image_shape, info.num_classes)
+        optimizer = optimizers.build(config, total_steps=steps, num_workers=backend.num_workers)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def run(config):
+    """Train to config.steps; returns the final step. Raises HarnessError subclasses."""
+    backend = distribute.create(config.strategy, replicas=config.replicas)
+    setup_numerics(config)
+    info = data.dataset_info(config.dataset, config.data_dir)
+    if config.batch_size % backend.num_replicas:
+        raise UsageError(f"--batch-size {config.batch_size} cannot be split evenly over "
+                         f"{backend.num_replicas} replicas")
+    steps = total_steps(config, info)
+    identity = {"model": config.model, "dataset": config.dataset,
+                "image_shape": list(info.image_shape), "num_classes": info.num_classes}
+    check_same_run(config.workdir, identity)
+
+    model, optimizer = build_state(config, backend, info, steps)
+    watcher = PreemptionWatcher(signal_names=config.preemption_signals)
+    trainer = Trainer(backend=backend, model=model, optimizer=optimizer,
+                      global_batch_size=config.batch_size, stop_flag=watcher.flag,
+                      jit_compile=config.jit_compile)
+    manager = checkpoint.CheckpointManager(
+        directory=os.path.join(config.workdir, "checkpoints"),
+        state={"model": model.variables, "optimizer": optimizer.variables,
+               "train": [trainer.step]},
+        is_chief=backend.is_chief, meta={**identity, "batch_size": config.batch_size,
+                                         "seed": config.seed},
+        options=checkpoint.CheckpointOptions(keep=config.keep,
+                                             keep_every_hours=config.keep_every_hours,
+                                             async_save=config.async_checkpoint))
+    # Resume order: (1) restore model, optimizer slots, RNG states and step from the newest
+    # valid checkpoint; else (2) --init-from; (3) every worker adopts the chief's values
+    # (Horovod); (4) only then build the input pipeline, positioned from the restored step.
+    restored = manager.restore()
+    check_checkpoint_identity(manager, restored, identity)
+    if restored is None and config.init_from:
+        optimizers.init_from_keras_file(config.init_from, model, optimizer)
+    backend.broadcast_variables(model.variables + optimizer.variables)
+    start = restored or 0
+
+    if backend.is_chief:
+        os.makedirs(config.workdir, exist_ok=True)
+        write_run_config(config.workdir, config, identity, steps)
+    monitor = Monitor(workdir=config.workdir, is_chief=backend.is_chief, total_steps=steps)
+    watcher.install()
+    parts = RunParts(config=config, backend=backend, info=info, steps=steps, trainer=trainer,
+                     manager=manager, monitor=monitor, watcher=watcher)
+    try:
+        return _train(parts, start, restored)
+    finally:
+        watcher.uninstall()
+        manager.close()
+        monitor.close()
+
+
+def check_checkpoint_identity(manager, restored, identity):
+    if restored is None:
+        return
+    meta = manager.meta_of(restored) or {}
+    for key in ("model", "dataset"):
+        if key in meta and meta[key] != identity[key]:
+            raise UsageError(f"checkpoint at step {restored} was made with {key}={meta[key]!r}, "
+                             f"not {identity[key]!r}; use another --workdir")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParts:
+    config: object
+    backend: object
+    info: object
+    steps: int
+    trainer: Trainer
+    manager: object
+    monitor: Monitor
+    watcher: PreemptionWatcher
+
+
+def _train(parts, start, restored):
+    config, backend, info, trainer = parts.config, parts.backend, parts.info, parts.trainer
+    monitor = parts.monitor
+
+    def dataset_fn(input_context):
+        return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
+                                  seed=config.seed, start_step=start, augment=config.augment,
+                                  input_context=input_context)
+
+    def eval_dataset_fn(input_context):
+        return data.padded_eval_dataset(info, config.data_dir, global_batch_size=config.batch_size,
+                                 input_context=input_context)
+
+    iterator = iter(backend.distribute_dataset(dataset_fn))
+    eval_dataset = backend.distribute_dataset(eval_dataset_fn)
+    schedule = Schedule(total_steps=parts.steps, steps_per_call=config.steps_per_call,
+                        log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+                        eval_every=config.eval_every)
+    monitor.print_line(f"harness-train  {backend.describe()}  model={config.model}  "
+                       f"dataset={config.dataset}  global_batch={config.batch_size}  "
+                       f"steps={start}->{schedule.total_steps}")
+    controller = Controller(
+        trainer=trainer, schedule=schedule, checkpoints=parts.manager, monitor=monitor,
+        watcher=parts.watcher, iterator=iterator, evaluate=lambda: trainer.evaluate(eval_dataset),
+        epoch_of=lambda step: step * config.batch_size / info.num_train,
+        learning_rate_of=lambda step: optimizers.learning_rate_at(trainer.optimizer, step),
+        on_first_step=resume_reporter(monitor, config.workdir, restored))
+    final = controller.run(start)
+    if backend.is_chief and config.export:
+        from train import export
+
+        export.export_model(trainer.model, trainer.optimizer, os.path.join(config.workdir, "export"))
+        monitor.event("exported", step=final, path=os.path.join(config.workdir, "export"))
+    return final
+
+
+def resume_reporter(monitor, workdir, restored):
+    """A `resume` row, written after the first step, when the time to resume is known.
+
+    Steps lost: after a preemption the last logged step is the saved one (0 lost); after
+    a crash, the steps logged after the restored checkpoint are known lost (more may be:
+    those after the last log line).
+    """
+    if restored is None:
+        return None
+    last_logged = last_logged_step(os.path.join(workdir, "metrics.jsonl"))
+    lost = max(0, last_logged - restored) if last_logged is not None else 0
+    started = psutil.Process().create_time()
+
+    def report():
+        monitor.event("resume", step=restored, restored_step=restored, steps_lost=lost,
+                      time_to_resume_s=round(time.time() - started, 3))
+    return report
+
+
+def last_logged_step(path):
+    last = None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a crash
+                if "loss" in row and "step" in row:
+                    last = row["step"]
+    except OSError:
+        return None
+    return last
