@@ -37,15 +37,18 @@ def _parser():
                      description="Start and supervise the workers of a training run.",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--nproc", type=int, metavar="N", help="number of workers in all (default with hosts: their slots)")
+    add("--nproc", type=int, metavar="N",
+        help="number of workers in all (default with hosts: their slots)")
     add("--backend", choices=("multiworker", "horovod"), default="multiworker",
         help="multiworker: one process per worker with TF_CONFIG (default); "
              "horovod: run horovodrun")
     add("--mpi", action="store_true", help="horovod: use MPI (mpirun) instead of Gloo")
-    add("--max-restarts", type=int, default=3, metavar="R", help="restarts of the group (default 3)")
+    add("--max-restarts", type=int, default=3, metavar="R",
+        help="restarts of the group (default 3)")
     add("--hosts", metavar="HOST:SLOTS,...", help="every node with its slots, in rank order")
     add("--hostfile", metavar="FILE", help="file with lines 'host slots=N' or 'host:N'")
-    add("--node-rank", type=int, metavar="K", help="this host's index in the hosts (default: by name)")
+    add("--node-rank", type=int, metavar="K",
+        help="this host's index in the hosts (default: found by host name)")
     add("--master-port", type=int, metavar="PORT",
         help=f"first worker port on each host (default {cluster.DEFAULT_MASTER_PORT} with "
              "hosts; free ports on one host)")
@@ -77,7 +80,7 @@ def run(argv, env=None):
     spec = cluster.resolve(nproc=args.nproc, hosts=args.hosts, hostfile=args.hostfile,
                            node_rank=args.node_rank, master_port=args.master_port, env=env,
                            launcher_per_node=args.backend != "horovod")
-    plan.check_command(command)
+    command = plan.resolve_command(command)
     make_workers = plan.make_plan(backend=args.backend, spec=spec, command=command,
                                   env=env, mpi=args.mpi)
     options = supervisor.Options(max_restarts=args.max_restarts,

@@ -87,8 +87,9 @@ def resolve(*, nproc, hosts=None, hostfile=None, node_rank=None, master_port=Non
     if not launcher_per_node:
         node_rank = node_rank or 0
     elif node_rank is None:
+        slurm_node_id = None if hosts or hostfile else env.get("SLURM_NODEID")
         node_rank = _infer_node_rank(listed, hostname or env.get("SLURMD_NODENAME")
-                                     or socket.gethostname(), env, source)
+                                     or socket.gethostname(), source, slurm_node_id)
     _check_node_rank(node_rank, len(listed), source)
     port = DEFAULT_MASTER_PORT if master_port is None else master_port
     _check_ports(port, max(host.slots for host in listed))
@@ -120,12 +121,12 @@ def _check_node_rank(node_rank, count, source):
 
 
 def _check_ports(port, slots):
-    if not 1 <= port or port + slots - 1 > 65535:
+    if port < 1 or port + slots - 1 > 65535:
         raise UsageError(f"--master-port {port}: ports {port}..{port + slots - 1} "
                          "must lie within 1..65535")
 
 
-def _infer_node_rank(hosts, hostname, env, source):
+def _infer_node_rank(hosts, hostname, source, slurm_node_id):
     """This host's index: by name (also its short name), else Slurm's SLURM_NODEID."""
     if len(hosts) == 1:
         return 0
@@ -135,8 +136,8 @@ def _infer_node_rank(hosts, hostname, env, source):
                    if name == candidate or name.split(".")[0] == candidate]
         if len(matches) == 1:
             return matches[0]
-    if env.get("SLURM_NODEID", "").isdigit():
-        return int(env["SLURM_NODEID"])
+    if slurm_node_id is not None and slurm_node_id.isdigit():
+        return int(slurm_node_id)
     raise UsageError(f"--node-rank is required: this host ({hostname}) is not one of "
                      f"the hosts of {source}")
 

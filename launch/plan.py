@@ -36,15 +36,28 @@ class WorkerSpec:
     prefix: str = ""  # put before each output line: "[1] "
 
 
-def check_command(command):
-    """The command's program must exist and be executable: exit 2 now, not N times."""
+def resolve_command(command):
+    """The command to run: its program must exist and be executable (exit 2 now, not N
+    times); a bare name found only beside this Python (an unactivated venv's bin) runs
+    from there, so `.venv/bin/harness-launch ... -- harness-train ...` works."""
     if not command:
         raise UsageError("no command given: put it after --, e.g. "
                          "harness-launch --nproc 2 -- python -m train ...")
-    if shutil.which(command[0]) is None:
-        if os.sep in command[0] and os.path.exists(command[0]):
-            raise UsageError(f"command is not executable: {command[0]}")
-        raise UsageError(f"command not found: {command[0]}")
+    program = command[0]
+    if shutil.which(program):
+        return tuple(command)
+    beside = _beside_python(program)
+    if beside:
+        return (beside, *command[1:])
+    if os.sep in program and os.path.exists(program):
+        raise UsageError(f"command is not executable: {program}")
+    raise UsageError(f"command not found: {program}")
+
+
+def _beside_python(program):
+    if os.sep in program:
+        return None
+    return shutil.which(program, path=os.path.dirname(sys.executable))
 
 
 def make_plan(*, backend, spec, command, env, mpi=False):
@@ -112,9 +125,7 @@ def _with_defaults(env):
 
 def find_horovodrun():
     """horovodrun on PATH, else beside this Python (a venv run without activating it)."""
-    found = shutil.which("horovodrun")
-    if found is None:
-        found = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
+    found = shutil.which("horovodrun") or _beside_python("horovodrun")
     if found is None:
         raise UsageError(HOROVOD_MISSING)
     return found

@@ -125,6 +125,15 @@ def workdir(tmp_path_factory, small_data_dir):
 
 
 @pytest.fixture(scope="module")
+def empty_run(workdir, tmp_path_factory):
+    """A run that was configured but never saved a checkpoint."""
+    path = tmp_path_factory.mktemp("empty_run")
+    (path / "checkpoints").mkdir()
+    (path / "config.json").write_text(open(os.path.join(workdir.path, "config.json")).read())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def exported_run(workdir):
     """harness-export --workdir RUN --format all (latest checkpoint)."""
     assert export_main(["--workdir", workdir.path, "--format", "all"]) == 0
@@ -276,6 +285,23 @@ def test_loaders_reject_bad_input_with_one_line(bad_files, call, pattern):
     assert "\n" not in str(info.value)
 
 
+def test_files_are_recognised_by_content_not_name(trained, tmp_path):
+    """Keras picks its reader by suffix; the loaders look at the bytes, so a renamed
+    artifact still loads, and an HDF5 file of another layout is refused clearly."""
+    renamed_weights, renamed_keras = tmp_path / "w.h5", tmp_path / "model.zip"
+    renamed_weights.write_bytes(open(trained.written["weights"], "rb").read())
+    renamed_keras.write_bytes(open(trained.written["keras"], "rb").read())
+    for form in (export.load_weights_model(str(renamed_weights), "cnn", SHAPE, CLASSES),
+                 export.load_keras_model(str(renamed_keras))):
+        np.testing.assert_allclose(np.asarray(export.make_predict_fn(form)(trained.x)),
+                                   trained.probs, **TIGHT)
+    legacy = tmp_path / "legacy.h5"
+    with h5py.File(legacy, "w") as f:
+        f.attrs["layer_names"] = [b"dense"]
+    with pytest.raises(UsageError, match="not a Keras 3 weights file"):
+        export.load_weights_model(str(legacy), "cnn", SHAPE, CLASSES)
+
+
 # --------------------------------------------------------------------------- atomic export
 
 
@@ -343,7 +369,7 @@ def test_crash_while_writing_leaves_no_torn_file(trained, tmp_path, monkeypatch)
 def test_replacing_an_export_swaps_whole_artifacts(trained, tmp_path):
     out = str(tmp_path)
     export.export_model(trained.model, trained.optimizer, out)
-    (tmp_path / ".tmp-999999999-model.keras").write_bytes(b"left by a killed export")
+    (tmp_path / ".tmp-999999999-0a1b2c3d-model.keras").write_bytes(b"left by a killed export")
     model, optimizer = _other_model()
     export.export_model(model, optimizer, out)
     assert _listing(out) == ALL_FILES
@@ -352,6 +378,21 @@ def test_replacing_an_export_swaps_whole_artifacts(trained, tmp_path):
                  export.load_saved_model(os.path.join(out, "saved_model"))):
         np.testing.assert_allclose(np.asarray(export.make_predict_fn(form)(trained.x)),
                                    expected, **TIGHT)
+
+
+def test_killed_between_directory_renames_is_repaired_by_the_next_export(trained, tmp_path):
+    """Killed after the old saved_model/ was renamed away, before the new one was renamed
+    in: nothing torn under the final name, and the next export puts the old one back
+    before it writes (here: only model.keras)."""
+    out = str(tmp_path)
+    export.export_model(trained.model, trained.optimizer, out, formats=["saved_model"])
+    os.rename(os.path.join(out, "saved_model"), os.path.join(out, ".old-999999999-ab-saved_model"))
+    (tmp_path / ".tmp-999999999-cd-saved_model").mkdir()  # the new one, half written
+    export.export_model(trained.model, trained.optimizer, out, formats=["keras"])
+    assert _listing(out) == ["export.json", "model.keras", "saved_model"]
+    loaded = export.load_saved_model(os.path.join(out, "saved_model"))
+    np.testing.assert_allclose(np.asarray(export.make_predict_fn(loaded)(trained.x)),
+                               trained.probs, **TIGHT)
 
 
 # --------------------------------------------------------------------------- harness-eval / -export
@@ -427,16 +468,19 @@ def _assert_usage_error(rc, capsys, prog="harness-eval"):
     (["--model-file", "{keras}", "--batch-size", "0"], "--batch-size must be positive"),
     (["--model-file", "{keras}", "--split", "train"], "--split: invalid choice"),
     (["--model-file", "/no/such/model.keras"], "--model-file /no/such/model.keras: no such"),
-    (["--model-file", "{weights}"], "--model-file .*: not a whole-model .keras archive: .*use --weights"),
+    (["--model-file", "{weights}"],
+     "--model-file .*: not a whole-model .keras archive: .*use --weights"),
     (["--model-file", "{text}"], "--model-file .*: not a whole-model .keras archive: unrecognised"),
     (["--saved-model", "{dir}"], "--saved-model .*: not a SavedModel directory"),
-    (["--weights", "{keras}", "--model", "cnn"], r"--weights .*: not a Keras weights file \(\*.weights.h5\): .*--model-file"),
+    (["--weights", "{keras}", "--model", "cnn"],
+     r"--weights .*: not a Keras weights file \(\*.weights.h5\): .*--model-file"),
     (["--saved-model", "{export_dir}"], "holding an export .*saved_model/ in it"),
     (["--saved-model", "{run}"], "it is a harness-train run directory .*use --workdir"),
     (["--model-file", "{run}/checkpoints"], "holds training checkpoints .*use --workdir"),
     (["--workdir", "/no/such/run"], "--workdir /no/such/run: no such directory"),
     (["--workdir", "{dir}"], "no config.json"),
     (["--workdir", "{run}", "--step", "3"], r"no checkpoint for step 3 .*steps there: \[2, 4\]"),
+    (["--workdir", "{empty_run}"], r"--workdir .*: no checkpoint in .*checkpoints"),
     (["--model-file", "{keras}", "--data-dir", "{data_dir}"],
      "takes 18x18x3 images and predicts 4 classes; dataset 'shapes10' has 32x32x3"),
     (["--weights", "{run_weights}", "--model", "resnet20", "--data-dir", "{data_dir}"],
@@ -447,10 +491,10 @@ def _assert_usage_error(rc, capsys, prog="harness-eval"):
      "unknown dataset 'nosuchset'"),
 ])
 def test_eval_bad_input_is_one_line_and_exit_2(argv, pattern, bad_files, workdir,
-                                               exported_run, capsys):
+                                               exported_run, empty_run, capsys):
     names = {**vars(bad_files), "run": workdir.path, "data_dir": workdir.data_dir,
              "run_weights": os.path.join(exported_run, "model.weights.h5"),
-             "export_dir": exported_run}
+             "export_dir": exported_run, "empty_run": empty_run}
     line = _assert_usage_error(eval_main([a.format(**names) for a in argv]), capsys)
     assert re.search(pattern, line), line
 
@@ -542,7 +586,8 @@ def step(batch):
 for batch in strategy.experimental_distribute_dataset(ds):
     step(batch)
 export.export_model(model, optimizer, out)
-ref = model(x, training=False).numpy()  # predict_on_batch under the strategy returns 128 rows for 64
+# Not predict_on_batch: under this strategy it returns 128 rows for 64 inputs (Keras 3.15).
+ref = model(x, training=False).numpy()
 base = export.evaluate(export.make_predict_fn(model), ds)
 forms = [export.load_keras_model(out + "/model.keras"),
          export.load_weights_model(out + "/model.weights.h5", "cnn", (18, 18, 3), 4),

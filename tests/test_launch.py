@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import harness_env, run_module
+
 PYTHON = sys.executable
 
 # Prepended to every worker script: who am I, and file-based coordination.
@@ -42,9 +43,9 @@ with open(HERE / "starts.log", "a") as log:
 
 
 def _env(extra=None):
-    env = {key: value for key, value in os.environ.items()
+    # A Slurm job or a TF_CONFIG around the test run must not turn these into other runs.
+    env = {key: value for key, value in harness_env().items()
            if not key.startswith("SLURM_") and key != "TF_CONFIG"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env | (extra or {})
 
 
@@ -54,9 +55,8 @@ def worker(tmp_path, body):
     return [PYTHON, str(script)]
 
 
-def launch(args, tmp_path, *, env=None, timeout=60):
-    return subprocess.run([PYTHON, "-m", "launch", *args], cwd=tmp_path, env=_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+def launch(args, *, env=None, timeout=60):
+    return run_module("launch", *args, env=_env(env), timeout=timeout)
 
 
 def starts(tmp_path):
@@ -85,13 +85,14 @@ def wait_until(predicate, timeout=30):
 def test_workers_get_one_cluster_and_prefixed_output(tmp_path):
     command = worker(tmp_path, """
         config = json.loads(os.environ["TF_CONFIG"])
-        mark(f"env-{RANK}", json.dumps({"tf_config": config, "world": os.environ["HARNESS_WORLD_SIZE"],
+        mark(f"env-{RANK}", json.dumps({"tf_config": config,
+                                        "world": os.environ["HARNESS_WORLD_SIZE"],
                                         "local": os.environ["HARNESS_LOCAL_RANK"]}))
         print(f"hello from {RANK}")
         print(f"warning from {RANK}", file=sys.stderr)
         sys.stdout.write(f"no newline {RANK}")
     """)
-    done = launch(["--nproc", "2", "--", *command], tmp_path)
+    done = launch(["--nproc", "2", "--", *command])
     assert done.returncode == 0, done.stderr
     envs = [json.loads((tmp_path / f"env-{rank}").read_text()) for rank in (0, 1)]
     workers = envs[0]["tf_config"]["cluster"]["worker"]
@@ -117,7 +118,7 @@ def test_preempted_worker_restarts_the_group(tmp_path):
         wait_for(f"config-1-{RESTART}")  # worker 0 of attempt 0 outlives worker 1's exit
         time.sleep(0 if RESTART else 30)
     """)
-    done = launch(["--nproc", "2", "--restart-backoff", "0.1", "--", *command], tmp_path)
+    done = launch(["--nproc", "2", "--restart-backoff", "0.1", "--", *command])
     assert done.returncode == 0, done.stderr
     assert starts(tmp_path) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert ("worker 1 exited with 42 (preempted after a save); stopping the group; "
@@ -133,7 +134,7 @@ def test_worker_killed_by_sigkill_is_restarted(tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)  # must be stopped by the launcher
     """)
-    done = launch(["--nproc", "2", "--restart-backoff", "0", "--", *command], tmp_path)
+    done = launch(["--nproc", "2", "--restart-backoff", "0", "--", *command])
     assert done.returncode == 0, done.stderr
     assert ("harness-launch: worker 1 exited with 137 (killed by SIGKILL); "
             "stopping the group; restart 1/3 in 0.0 s") in done.stderr
@@ -151,7 +152,7 @@ def test_failing_worker_stops_the_group_and_its_children(tmp_path):
         raise RuntimeError("boom")
     """)
     started = time.monotonic()
-    done = launch(["--nproc", "2", "--max-restarts", "0", "--", *command], tmp_path)
+    done = launch(["--nproc", "2", "--max-restarts", "0", "--", *command])
     assert time.monotonic() - started < 60
     assert done.returncode == 1, done.stderr
     assert "[1] RuntimeError: boom" in done.stderr
@@ -200,7 +201,7 @@ def test_worker_ignoring_sigterm_is_killed_after_stop_timeout(tmp_path):
     """)
     started = time.monotonic()
     done = launch(["--nproc", "2", "--max-restarts", "0", "--stop-timeout", "1", "--",
-                   *command], tmp_path)
+                   *command])
     elapsed = time.monotonic() - started
     assert done.returncode == 3, done.stderr
     assert 1 <= elapsed < 20
@@ -213,7 +214,7 @@ def test_single_worker_is_restarted_after_preemption(tmp_path):
     command = worker(tmp_path, """
         sys.exit(0 if RESTART else 42)
     """)
-    done = launch(["--nproc", "1", "--restart-backoff", "0", "--", *command], tmp_path)
+    done = launch(["--nproc", "1", "--restart-backoff", "0", "--", *command])
     assert done.returncode == 0, done.stderr
     assert starts(tmp_path) == [(0, 0), (0, 1)]
     assert "worker 0 exited with 42 (preempted after a save); restart 1/3" in done.stderr
@@ -222,7 +223,7 @@ def test_single_worker_is_restarted_after_preemption(tmp_path):
 def test_spent_restarts_exit_with_the_workers_code(tmp_path):
     command = worker(tmp_path, "sys.exit(42)\n")
     done = launch(["--nproc", "1", "--max-restarts", "2", "--restart-backoff", "0", "--",
-                   *command], tmp_path)
+                   *command])
     assert done.returncode == 42, done.stderr
     assert starts(tmp_path) == [(0, 0), (0, 1), (0, 2)]
     assert "no restarts left (--max-restarts 2); exiting with 42" in done.stderr
@@ -230,7 +231,7 @@ def test_spent_restarts_exit_with_the_workers_code(tmp_path):
 
 def test_bad_usage_exit_of_a_worker_is_not_restarted(tmp_path):
     command = worker(tmp_path, "sys.exit(2)\n")
-    done = launch(["--nproc", "1", "--restart-backoff", "0", "--", *command], tmp_path)
+    done = launch(["--nproc", "1", "--restart-backoff", "0", "--", *command])
     assert done.returncode == 2, done.stderr
     assert starts(tmp_path) == [(0, 0)]
     assert "not restarting" in done.stderr
@@ -242,7 +243,7 @@ def test_worker_done_while_another_hangs_stops_the_group(tmp_path):
             time.sleep(60)
     """)
     done = launch(["--nproc", "2", "--max-restarts", "0", "--stop-timeout", "0.5", "--",
-                   *command], tmp_path)
+                   *command])
     assert done.returncode == 1, done.stderr
     assert "worker 0 exited with 0 but workers 1 still run after 0.5 s" in done.stderr
 
@@ -253,7 +254,7 @@ def test_node_of_a_multi_host_run_starts_its_own_ranks(tmp_path):
         mark(f"local-{RANK}", os.environ["HARNESS_LOCAL_RANK"])
     """)
     done = launch(["--nproc", "4", "--hosts", "alpha:2,beta:2", "--node-rank", "1",
-                   "--master-port", "23456", "--", *command], tmp_path)
+                   "--master-port", "23456", "--", *command])
     assert done.returncode == 0, done.stderr
     assert starts(tmp_path) == [(2, 0), (3, 0)]
     for rank in (2, 3):
@@ -302,30 +303,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
     flags, env, expected = BAD_INPUT[case]
     values = {"tmp": tmp_path, "hostfile": _bad_hostfile(tmp_path)}
     args = [flag.format(**values) for flag in flags] + ["--", PYTHON, "-c", "pass"]
-    done = launch(args, tmp_path, env=env, timeout=30)
-    _assert_usage_error(done, expected)
-    assert not (tmp_path / "starts.log").exists()
+    done = launch(args, env=env, timeout=30)
+    _assert_usage_error(done, expected)  # one line: not even a "starting" event
 
 
 @pytest.mark.parametrize("command, expected", [
     ([], "no command given"),
     (["no-such-command-xyz", "--flag"], "command not found: no-such-command-xyz"),
 ])
-def test_bad_command_is_one_line_and_exit_2(tmp_path, command, expected):
-    done = launch(["--nproc", "1", "--", *command], tmp_path, timeout=30)
+def test_bad_command_is_one_line_and_exit_2(command, expected):
+    done = launch(["--nproc", "1", "--", *command], timeout=30)
     _assert_usage_error(done, expected)
 
 
-def test_command_without_separator_is_refused(tmp_path):
-    done = launch(["--nproc", "1", PYTHON, "-c", "pass"], tmp_path, timeout=30)
+def test_command_without_separator_is_refused():
+    done = launch(["--nproc", "1", PYTHON, "-c", "pass"], timeout=30)
     _assert_usage_error(done, "the workers' command goes after --")
 
 
-def test_horovod_backend_without_horovod_is_exit_2(tmp_path):
+def test_horovod_backend_without_horovod_is_exit_2():
     if shutil.which("horovodrun") or (Path(PYTHON).parent / "horovodrun").exists():
         pytest.skip("horovod is installed here")
     done = launch(["--nproc", "2", "--backend", "horovod", "--", PYTHON, "-c", "pass"],
-                  tmp_path, timeout=30)
+                  timeout=30)
     _assert_usage_error(done, "horovod is not installed; install it with: "
                               "pip install -e '.[horovod]' (see README)")
 
@@ -337,7 +337,7 @@ def test_horovod_backend_runs_horovodrun_once(tmp_path):
                     "print(' '.join(sys.argv[1:]), os.environ['HARNESS_RESTART_COUNT'])\n")
     fake.chmod(0o755)
     path = os.pathsep.join([str(fake.parent), os.environ.get("PATH", "")])
-    done = launch(["--nproc", "2", "--backend", "horovod", "--", PYTHON, "t.py"], tmp_path,
+    done = launch(["--nproc", "2", "--backend", "horovod", "--", PYTHON, "t.py"],
                   env={"PATH": path}, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"--gloo -np 2 -H localhost:2 {PYTHON} t.py 0\n"  # no prefix

@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import sys
 
 import pytest
 
@@ -184,6 +185,13 @@ def test_slurm_step_gives_hosts_and_node_rank():
     assert (spec.node_rank, spec.rank_offset, spec.master_port) == (1, 2, 29500)
 
 
+def test_slurm_node_id_is_the_fallback_for_slurm_hosts_only():
+    env = slurm_env(SLURMD_NODENAME="renamed")
+    assert cluster.resolve(nproc=4, env=env, hostname="renamed").node_rank == 1
+    with pytest.raises(UsageError, match="--node-rank is required"):
+        cluster.resolve(nproc=2, hosts="alpha:1,beta:1", env=env, hostname="renamed")
+
+
 def test_explicit_hosts_win_over_slurm():
     spec = cluster.resolve(nproc=2, hosts="alpha:1,beta:1", node_rank=0, env=slurm_env())
     assert [host.name for host in spec.hosts] == ["alpha", "beta"]
@@ -278,15 +286,21 @@ def test_missing_horovodrun_names_the_install(monkeypatch):
 
 def test_command_checks(tmp_path):
     with pytest.raises(UsageError, match="no command given"):
-        plan.check_command([])
+        plan.resolve_command([])
     with pytest.raises(UsageError, match="command not found: no-such-thing"):
-        plan.check_command(["no-such-thing"])
+        plan.resolve_command(["no-such-thing"])
     script = tmp_path / "run.sh"
     script.write_text("#!/bin/sh\n")
     with pytest.raises(UsageError, match="command is not executable"):
-        plan.check_command([str(script)])
+        plan.resolve_command([str(script)])
     script.chmod(0o755)
-    plan.check_command([str(script)])
+    assert plan.resolve_command([str(script), "-x"]) == (str(script), "-x")
+
+
+def test_bare_command_beside_this_python_runs_from_there(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    python = os.path.basename(sys.executable)
+    assert plan.resolve_command([python, "-c", "pass"]) == (sys.executable, "-c", "pass")
 
 
 # --- supervisor rules and flags -------------------------------------------------------

@@ -117,7 +117,7 @@ def run_eval(args):
     step = None
     if args.workdir is not None:
         restored = restore_checkpoint(args.workdir, step=args.step)
-        model, step, path = restored.model, restored.step, restored.directory
+        model, step, path = restored.model, restored.step, restored.path
         source = f"ckpt-{step}"
     else:
         if args.weights is not None:
@@ -269,7 +269,7 @@ class Restored:
     optimizer: object
     step: int
     identity: dict  # model, dataset, image_shape, num_classes
-    directory: str
+    path: str  # the checkpoint's directory
 
 
 def restore_checkpoint(workdir, *, step=None):
@@ -302,10 +302,11 @@ def restore_checkpoint(workdir, *, step=None):
             state={"model": model.variables, "optimizer": optimizer.variables,
                    "train": [step_var]}) as manager:
         restored = manager.restore(step=step)
-    if restored is None:
-        raise UsageError(f"--workdir {workdir}: no checkpoint in {directory}")
+        if restored is None:
+            raise UsageError(f"--workdir {workdir}: no checkpoint in {directory}")
+        path = manager.path_of(restored)
     return Restored(model=model, optimizer=optimizer, step=int(restored), identity=identity,
-                    directory=directory)
+                    path=path)
 
 
 def _identity(config):

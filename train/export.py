@@ -63,7 +63,8 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def export_model(model, optimizer, directory, *, formats=FORMATS, meta=None):
-    """Write `formats` of `model` into `directory`; returns {format: final path}.
+    """Write `formats` of `model` into `directory`; returns {format: final path} and
+    {"meta": path of export.json}.
 
     The model is compiled with `optimizer` (loss sparse categorical cross-entropy, metric
     accuracy) first, as in the seed, so that model.keras carries the optimizer state and
@@ -225,16 +226,24 @@ def _remove(path):
 
 
 def _remove_stale_temporaries(directory):
-    """Leftovers of an export killed mid-way (its process is gone): delete them."""
-    for entry in os.listdir(directory):
+    """Leftovers of an export killed mid-way (its process is gone): a temporary is deleted;
+    an old directory renamed away is put back if nothing replaced it, else deleted."""
+    for entry in sorted(os.listdir(directory)):
         if not entry.startswith((_TMP, _OLD)):
             continue
+        parts = entry.split("-", 3)  # .tmp / .old, pid, random, final name
         try:
-            pid = int(entry.split("-")[1])
+            pid = int(parts[1])
+            name = parts[3]
         except (IndexError, ValueError):
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            _remove(os.path.join(directory, entry))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        path, final = os.path.join(directory, entry), os.path.join(directory, name)
+        if entry.startswith(_OLD) and not os.path.lexists(final):
+            os.rename(path, final)
+        else:
+            _remove(path)
 
 
 def _pid_alive(pid):

@@ -7,11 +7,13 @@ checkpoint and the crash appear twice; the `resume` row between them says so (re
 keep the last row of each step).
 """
 
+import hashlib
 import json
 import os
 import sys
 import time
 
+import numpy as np
 import psutil
 import tensorflow as tf
 
@@ -99,3 +101,11 @@ class Monitor:
         if self._summary is not None:
             self._summary.close()
             self._summary = None
+
+
+def variables_digest(variables):
+    """sha256 over the bytes of every variable, in order (first 16 hex digits)."""
+    digest = hashlib.sha256()
+    for variable in variables:
+        digest.update(np.ascontiguousarray(np.asarray(variable)).tobytes())
+    return digest.hexdigest()[:16]

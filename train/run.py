@@ -17,7 +17,7 @@ from train import checkpoint, data, distribute, models, optimizers
 from train.controller import Controller, Schedule
 from train.errors import UsageError
 from train.loop import Trainer
-from train.monitor import Monitor
+from train.monitor import Monitor, variables_digest
 from train.preemption import PreemptionWatcher
 
 CONFIG_FILE = "config.json"
@@ -181,6 +181,9 @@ def _train(parts, start, restored):
         learning_rate_of=lambda step: optimizers.learning_rate_at(trainer.optimizer, step),
         on_first_step=resume_reporter(monitor, config.workdir, restored))
     final = controller.run(start)
+    # Every worker prints the digest: equal digests across workers and across an
+    # interrupted and an uninterrupted run are the bitwise-exactness check.
+    monitor.event("finished", step=final, weights_sha256=variables_digest(trainer.model.variables))
     if backend.is_chief and config.export:
         from train import export
 
