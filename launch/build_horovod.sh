@@ -28,6 +28,8 @@ say() { echo "[build_horovod] $*"; }
 die() { echo "[build_horovod] ERROR: $*" >&2; exit 1; }
 
 command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found (usage: bash launch/build_horovod.sh [PYTHON])"
+# Absolute path (keeps a venv's python a venv's python; the check below runs from /).
+[[ "$PYTHON" == */* ]] && PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
 TF_VERSION=$("$PYTHON" -c 'import os; os.environ["TF_CPP_MIN_LOG_LEVEL"]="3"; import tensorflow as tf; print(tf.__version__)' 2>/dev/null) \
     || die "'$PYTHON' cannot import tensorflow; install the project first (pip install -e .), then rerun"
 PY_TAG=$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
@@ -57,14 +59,20 @@ say "wheel cache: $CACHE_DIR"
 
 install_wheel() {
     say "installing $1"
-    # Not --no-deps: Horovod's runtime deps (cloudpickle, psutil, pyyaml, packaging) come from PyPI.
-    "$PYTHON" -m pip install -q "$1" || die "pip install of $1 failed"
-    (cd / && "$PYTHON" -c 'import os; os.environ["TF_CPP_MIN_LOG_LEVEL"]="3"
-import horovod.tensorflow as hvd
+    # Its runtime deps from the index (kept as they are if present), then the wheel itself,
+    # forced: another build of the same version may be installed already.
+    "$PYTHON" -m pip install -q cloudpickle psutil pyyaml packaging \
+        && "$PYTHON" -m pip install -q --force-reinstall --no-deps "$1" \
+        || die "pip install of $1 failed"
+    local out
+    if ! out=$(cd / && "$PYTHON" -c 'import horovod.tensorflow as hvd
 assert hvd.gloo_built(), "horovod was built without Gloo"
-print("[build_horovod] ok: horovod", __import__("horovod").__version__,
-      "gloo=%s mpi=%s nccl=%s" % (hvd.gloo_built(), hvd.mpi_built(), hvd.nccl_built()))') \
-        || die "horovod installed but 'import horovod.tensorflow' fails (TF ABI mismatch? rebuild with HOROVOD_REBUILD=1)"
+print("horovod", __import__("horovod").__version__, "gloo=%s mpi=%s nccl=%s"
+      % (bool(hvd.gloo_built()), bool(hvd.mpi_built()), bool(hvd.nccl_built())))' 2>&1); then
+        echo "$out" | tail -n 5 >&2
+        die "horovod installed but 'import horovod.tensorflow' fails (built for another TensorFlow? rerun with HOROVOD_REBUILD=1)"
+    fi
+    say "ok: $(echo "$out" | tail -n 1)"
     exit 0
 }
 

@@ -283,7 +283,7 @@ class _Attempt:
             if code == EXIT_OK:
                 self.output.event(f"all {len(self.procs)} worker(s) exited 0")
             return Outcome(code=code)
-        exits = list(self.exits.values())
+        exits = sorted(self.exits.values(), key=lambda done: done.rank)  # stable message
         code = code_after_signal(exits)
         self.output.event(f"after {self.signal}: exit codes "
                           f"{', '.join(f'{done.rank}={done.code}' for done in exits)}; "

@@ -358,9 +358,12 @@ def test_another_model_is_an_error_not_a_fallback(ckdir, two_saved):
             m.restore()
 
 
-def test_non_chief_writes_nothing_anywhere(tmp_path):
+def test_non_chief_writes_nothing_anywhere(tmp_path, monkeypatch):
     ckdir = str(tmp_path / "checkpoints")
     state = tiny_state()
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # others share /tmp
     temp_before = set(os.listdir(tempfile.gettempdir()))
     with manager(ckdir, state, chief=False, async_save=True) as m:
         m.save(1)
