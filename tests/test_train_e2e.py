@@ -77,3 +77,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, flags, fragment):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_init_from_a_whole_model_file_starts_from_its_weights(tmp_path, data_dir):
+    first = tmp_path / "first"
+    train(first, data_dir, "--steps", "60", "--learning-rate", "0.003")
+    trained = [r for r in read_metrics(first) if "eval_loss" in r][-1]["eval_loss"]
+    second = tmp_path / "second"  # a vanishing learning rate: eval shows the loaded weights
+    train(second, data_dir, "--steps", "1", "--optimizer", "sgd", "--learning-rate", "1e-12",
+          "--no-export", "--init-from", first / "export" / "model.keras")
+    loaded = [r for r in read_metrics(second) if "eval_loss" in r][-1]["eval_loss"]
+    assert loaded == pytest.approx(trained, abs=1e-4)
+    assert abs(trained - 2.3026) > 0.01  # not the loss of an untrained 10-class model
