@@ -29,8 +29,12 @@ die() { echo "[build_horovod] ERROR: $*" >&2; exit 1; }
 
 command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found (usage: bash launch/build_horovod.sh [PYTHON])"
 # Absolute path (keeps a venv's python a venv's python; the check below runs from /).
-[[ "$PYTHON" == */* ]] && PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
-TF_VERSION=$("$PYTHON" -c 'import os; os.environ["TF_CPP_MIN_LOG_LEVEL"]="3"; import tensorflow as tf; print(tf.__version__)' 2>/dev/null) \
+if [[ "$PYTHON" == */* ]]; then
+    PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
+fi
+# TF version, plus "-cuda" for a CUDA build of TensorFlow: the wheel links against its ABI.
+TF_VERSION=$("$PYTHON" -c 'import os; os.environ["TF_CPP_MIN_LOG_LEVEL"]="3"; import tensorflow as tf
+print(tf.__version__ + ("-cuda" if tf.sysconfig.get_build_info().get("is_cuda_build") else ""))' 2>/dev/null) \
     || die "'$PYTHON' cannot import tensorflow; install the project first (pip install -e .), then rerun"
 PY_TAG=$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
 
@@ -137,7 +141,7 @@ say "patched $CML (xla_mpi_ops.cc removed)"
 # --- build ---
 export CMAKE_POLICY_VERSION_MINIMUM=3.5   # CMake >= 4 refuses Horovod's old cmake_minimum_required
 export MAKEFLAGS="${MAKEFLAGS:--j${HOROVOD_BUILD_JOBS:-$(nproc)}}"
-say "building the wheel (about 8 minutes on 2 cores; log: $WORK/build.log)"
+say "building the wheel (3 to 8 minutes on 2 cores; log: $WORK/build.log)"
 start=$(date +%s)
 if ! "$PYTHON" -m pip wheel -v --no-build-isolation --no-deps -w "$WORK/dist" "$SRC" >"$WORK/build.log" 2>&1; then
     tail -n 40 "$WORK/build.log" >&2

@@ -18,13 +18,17 @@ import functools
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 from launch import cluster
-from train.errors import UsageError
+from train.errors import EXIT_OK, EXIT_PREEMPTED, UsageError
 
-HOROVOD_MISSING = ("horovod is not installed; install it with: pip install -e '.[horovod]' "
-                   "(see README)")
+HOROVOD_MISSING = ("horovod is not installed; build it with: bash launch/build_horovod.sh "
+                   ".venv/bin/python (see README)")
+# horovodrun turns any failing rank into its own exit 1; each rank of harness-train
+# records its real exit code here (train.cli), so a preemption still ends in 42.
+EXIT_CODES_ENV = "HARNESS_EXIT_CODE_DIR"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +38,7 @@ class WorkerSpec:
     argv: tuple[str, ...]
     env: dict = field(hash=False)  # the whole environment; not to be mutated
     prefix: str = ""  # put before each output line: "[1] "
+    exit_codes_dir: str | None = None  # horovod: where ranks record their exit codes
 
 
 def resolve_command(command):
@@ -109,8 +114,27 @@ def _kept_tf_config_worker(restart, *, config, command, env):
 
 def _horovod_workers(restart, *, argv, env):
     # horovodrun sets HOROVOD_RANK & co. per rank and prefixes their output itself.
-    worker_env = _with_defaults(env) | {"HARNESS_RESTART_COUNT": str(restart)}
-    return [WorkerSpec(rank=0, label="horovodrun", argv=argv, env=worker_env)]
+    exit_codes_dir = tempfile.mkdtemp(prefix="harness-exits-")
+    worker_env = _with_defaults(env) | {"HARNESS_RESTART_COUNT": str(restart),
+                                        EXIT_CODES_ENV: exit_codes_dir}
+    return [WorkerSpec(rank=0, label="horovodrun", argv=argv, env=worker_env,
+                       exit_codes_dir=exit_codes_dir)]
+
+
+def recorded_exit_code(directory, code):
+    """horovodrun's exit code, or 42 when every rank that recorded one saved and exited
+    42 (or 0). The directory is removed: it belongs to one attempt."""
+    try:
+        recorded = []
+        for name in os.listdir(directory):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                recorded.append(int(f.read().strip() or -1))
+        shutil.rmtree(directory, ignore_errors=True)
+    except (OSError, ValueError):
+        return code
+    if code != EXIT_OK and EXIT_PREEMPTED in recorded and set(recorded) <= {EXIT_OK, EXIT_PREEMPTED}:
+        return EXIT_PREEMPTED
+    return code
 
 
 def harness_env(*, rank, world_size, local_rank, local_size, restart):

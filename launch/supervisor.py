@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from launch import plan
 from launch.relay import FORWARD, POLL_SECONDS, Output, SignalInbox, pump
 from train.errors import EXIT_FAILURE, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, HarnessError, UsageError
 
@@ -206,9 +207,12 @@ class _Attempt:
             returncode = self.procs[index].poll()
             if returncode is None:
                 continue
+            code = 128 - returncode if returncode < 0 else returncode
+            if self.workers[index].exit_codes_dir is not None:
+                code = plan.recorded_exit_code(self.workers[index].exit_codes_dir, code)
             self.exits[index] = Exit(
                 rank=self.workers[index].rank, label=self.workers[index].label,
-                code=128 - returncode if returncode < 0 else returncode,
+                code=code,
                 signal=_signal_name(-returncode) if returncode < 0 else None,
                 stopped=index in self.stopped, at=time.monotonic())
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_env, run_module
+from launch import plan
 
 PYTHON = sys.executable
 
@@ -326,8 +327,7 @@ def test_horovod_backend_without_horovod_is_exit_2():
         pytest.skip("horovod is installed here")
     done = launch(["--nproc", "2", "--backend", "horovod", "--", PYTHON, "-c", "pass"],
                   timeout=30)
-    _assert_usage_error(done, "horovod is not installed; install it with: "
-                              "pip install -e '.[horovod]' (see README)")
+    _assert_usage_error(done, plan.HOROVOD_MISSING)
 
 
 def test_horovod_backend_runs_horovodrun_once(tmp_path):

@@ -280,8 +280,8 @@ def test_missing_horovodrun_names_the_install(monkeypatch):
     monkeypatch.setattr(plan.shutil, "which", lambda name, path=None: None)
     with pytest.raises(UsageError) as error:
         plan.find_horovodrun()
-    assert str(error.value) == ("horovod is not installed; install it with: "
-                                "pip install -e '.[horovod]' (see README)")
+    assert str(error.value) == plan.HOROVOD_MISSING
+    assert "bash launch/build_horovod.sh" in str(error.value)
 
 
 def test_command_checks(tmp_path):
@@ -370,3 +370,17 @@ def test_horovod_refuses_a_tf_config(monkeypatch):
     [process] = make(1)
     assert process.argv[:2] == ("hvd", "--gloo") and process.prefix == ""
     assert process.env["HARNESS_RESTART_COUNT"] == "1"
+
+
+def test_horovod_preemption_is_reported_as_42_from_the_ranks_records(tmp_path):
+    for rank in (0, 1):
+        (tmp_path / f"rank-{rank}.exit").write_text("42\n")
+    assert plan.recorded_exit_code(str(tmp_path), 1) == 42
+    assert not tmp_path.exists()  # one attempt's records are consumed
+
+
+def test_horovod_failure_keeps_horovodruns_code(tmp_path):
+    (tmp_path / "rank-0.exit").write_text("42\n")
+    (tmp_path / "rank-1.exit").write_text("1\n")
+    assert plan.recorded_exit_code(str(tmp_path), 1) == 1
+    assert plan.recorded_exit_code(str(tmp_path / "missing"), 1) == 1

@@ -2,24 +2,43 @@
 become one line on stderr and the exit code of train.errors (no traceback for bad input).
 """
 
+import os
 import sys
 
 from train import import_tensorflow_quietly
-from train.errors import EXIT_OK, EXIT_USAGE, HarnessError
+from train.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HarnessError
 
 
 def guarded(prog, body, argv):
     """Run body(argv); map HarnessError to its exit code and a one-line message."""
     import_tensorflow_quietly()
+    code = EXIT_FAILURE
     try:
-        return body(argv)
+        code = body(argv)
     except HarnessError as e:
         kind = "error: " if e.exit_code == EXIT_USAGE else ""
         print(f"{prog}: {kind}{e}", file=sys.stderr, flush=True)
-        return e.exit_code
+        code = e.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    finally:
+        record_exit_code(code)
+    return code
+
+
+def record_exit_code(code):
+    """Under harness-launch --backend horovod: horovodrun reports any failing rank as 1,
+    so each rank leaves its real code for the launcher (launch.plan.recorded_exit_code)."""
+    directory = os.environ.get("HARNESS_EXIT_CODE_DIR")
+    if not directory:
+        return
+    rank = os.environ.get("HOROVOD_RANK", os.environ.get("HARNESS_RANK", "0"))
+    try:
+        with open(os.path.join(directory, f"rank-{rank}.exit"), "w", encoding="utf-8") as f:
+            f.write(f"{code}\n")
+    except OSError:
+        pass  # the launcher then reports horovodrun's own code
 
 
 def _train(argv):

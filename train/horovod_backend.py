@@ -20,8 +20,6 @@ on the raw `tf.Variable`s under the Keras variables:
 * rank 0 is the chief, the only writer of the workdir.
 """
 
-import os
-
 import tensorflow as tf
 
 from train.distribute import Backend
@@ -55,6 +53,9 @@ def _first_line(error):
 
 class HorovodBackend(Backend):
     name = "horovod"
+    # Horovod's XLA op variants are left out of the build (they do not compile against
+    # TF 2.21), so --jit-compile leaves the train step unjitted.
+    collectives_in_xla = False
 
     def __init__(self, hvd, *, fp16_allreduce=False):
         super().__init__(strategy=tf.distribute.get_strategy(), worker_index=hvd.rank(),
