@@ -137,4 +137,4 @@ def test_malformed_tf_config_is_one_line_exit_2(tmp_path, data_dir):
                            "--data-dir", data_dir, "--strategy", "multiworker"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "TF_CONFIG is malformed" in proc.stderr
+    assert "TF_CONFIG in the environment is malformed" in proc.stderr

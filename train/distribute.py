@@ -7,7 +7,8 @@ One interface (`Backend`), four implementations:
                logical CPU devices on a host without GPUs (so it is testable on CPU).
   multiworker  MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG (set by
                harness-launch or a Kubernetes TFJob) or from Slurm.
-  horovod      Horovod's core ops on the default strategy (train.horovod_backend).
+  horovod      Horovod's core ops on the default strategy, one rank per process
+               (train.horovod_backend); `num_replicas` is then the number of ranks.
 
 Invariants kept here: the chief is worker 0 (or the TF_CONFIG 'chief' task) and is the
 only writer of the workdir; the loss of each replica is scaled by the *global* batch, so
@@ -15,7 +16,6 @@ gradients are combined by summation (tf.distribute optimizers sum across replica
 Horovod's allreduce is asked to sum too).
 """
 
-import json
 import os
 
 import tensorflow as tf
@@ -27,6 +27,7 @@ class Backend:
     """What the trainer needs to know about distribution."""
 
     name = "default"
+    collectives_in_xla = True  # reduce_gradients may run inside an XLA-compiled step
 
     def __init__(self, *, strategy, worker_index=0, num_workers=1):
         self.strategy = strategy
@@ -73,18 +74,10 @@ def _gpus():
 
 
 def _tf_config():
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw)
-        workers = config["cluster"]["worker"]
-        config["task"]["type"], int(config["task"]["index"])
-    except (ValueError, KeyError, TypeError):
-        raise UsageError("TF_CONFIG is malformed: expected JSON with cluster.worker and task.type/index")
-    if not isinstance(workers, list):
-        raise UsageError("TF_CONFIG is malformed: cluster.worker must be a list of host:port")
-    return config
+    """TF_CONFIG from the environment, validated (one check shared with harness-launch)."""
+    from launch.cluster import existing_tf_config
+
+    return existing_tf_config(os.environ)
 
 
 def _in_slurm_multitask():
@@ -155,9 +148,15 @@ def _multiworker():
                               num_workers=chiefs + len(spec.get("worker", [])))
 
 
-def create(strategy_name, *, replicas=None):
-    """Build the backend; must run before any other TensorFlow op in the process."""
+def create(strategy_name, *, replicas=None, fp16_allreduce=False):
+    """Build the backend; must run before any other TensorFlow op in the process.
+
+    fp16_allreduce: Horovod only, gradients travel as float16 (--horovod-fp16-allreduce).
+    """
     name = resolve_strategy_name(strategy_name)
+    if fp16_allreduce and name != "horovod":
+        raise UsageError(f"--horovod-fp16-allreduce applies to --strategy horovod only "
+                         f"(the strategy here is {name})")
     if name == "default":
         return Backend(strategy=tf.distribute.get_strategy())
     if name == "mirrored":
@@ -167,5 +166,5 @@ def create(strategy_name, *, replicas=None):
     if name == "horovod":
         from train import horovod_backend
 
-        return horovod_backend.create()
+        return horovod_backend.create(fp16_allreduce=fp16_allreduce)
     raise UsageError(f"--strategy: unknown strategy {strategy_name!r}")
