@@ -25,7 +25,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(warmup=3, steps=20, reps=3, rewarm=2)
+QUICK = Sizes(warmup=3, steps=10, reps=2, rewarm=2)  # sanity, not figures: < 3 minutes
 
 
 def summarize(values):
@@ -43,6 +43,14 @@ def summarize(values):
     sigma = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"median": median, "jitter": jitter, "ci95": 1.96 * sigma,
             "min": min(values), "max": max(values), "n": len(values)}
+
+
+def stat_fields(name, summary, digits=3):
+    """Flatten a summary into row fields: name (the median), name_jitter, _min, _max, _ci95."""
+    fields = {name: round(summary["median"], digits)}
+    for key in ("jitter", "min", "max", "ci95"):
+        fields[f"{name}_{key}"] = round(summary[key], digits)
+    return fields
 
 
 def paired_ratios(numerators, denominators):
@@ -95,20 +103,24 @@ def merge_usage(samples):
 
 
 class ResourceSampler:
-    """Samples CPU % and RSS of this process (and, optionally, its children) with psutil
-    in a background thread while a variant runs. CPU % is of one core (200 = 2 cores)."""
+    """Samples CPU % and RSS (summed) of one process and its descendants with psutil, in
+    a background thread, while a variant runs: this process by default, or `root` (a
+    pid: a run we started). CPU % is of one core (200 = two cores busy)."""
 
-    def __init__(self, interval=0.2, children=False):
+    def __init__(self, interval=0.2, root=None):
         self.interval = interval
-        self.children = children
+        self.root = root
         self._stop = threading.Event()
         self._cpu, self._rss = [], []
         self._thread = None
         self._procs = {}
 
     def _processes(self):
-        me = psutil.Process()
-        procs = [me] + (me.children(recursive=True) if self.children else [])
+        try:
+            root = psutil.Process(self.root)
+            procs = [root] + (root.children(recursive=True) if self.root else [])
+        except psutil.Error:
+            return []  # the run has ended
         for proc in procs:
             if proc.pid not in self._procs:
                 self._procs[proc.pid] = proc
@@ -165,3 +177,12 @@ class Stopwatch:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def each_model_and_batch(opts, measure_config, default_models=("cnn",)):
+    """Rows of measure_config(opts, model, batch) for every model and batch size asked for."""
+    rows = []
+    for model in opts.models or default_models:
+        for batch in opts.batch_sizes:
+            rows += measure_config(opts, model, batch)
+    return rows

@@ -37,6 +37,12 @@ def test_boolean_flags_and_signal_lists(tmp_path):
     assert config.preemption_signals == ("SIGTERM", "SIGUSR2")
 
 
+def test_horovod_fp16_allreduce_flag(tmp_path):
+    assert parse(tmp_path).horovod_fp16_allreduce is False
+    config = parse(tmp_path, "--strategy", "horovod", "--horovod-fp16-allreduce")
+    assert config.horovod_fp16_allreduce is True
+
+
 @pytest.mark.parametrize("flags, fragment", [
     (["--steps", "0"], "--steps must be positive"),
     (["--steps", "-3"], "--steps must be positive"),
@@ -50,6 +56,7 @@ def test_boolean_flags_and_signal_lists(tmp_path):
     (["--steps", "5", "--epochs", "1"], "not both"),
     (["--preemption-signals", "SIGNOPE"], "unknown signal 'SIGNOPE'"),
     (["--replicas", "2", "--strategy", "default"], "--replicas applies to"),
+    (["--horovod-fp16-allreduce", "--strategy", "multiworker"], "applies to --strategy horovod"),
     (["--bogus"], "unrecognized arguments"),
 ])
 def test_bad_flags_name_the_problem(tmp_path, flags, fragment):

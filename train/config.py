@@ -36,6 +36,7 @@ class TrainConfig:
     scale_lr: bool = False
     augment: bool = True
     strategy: str = "auto"
+    horovod_fp16_allreduce: bool = False
     replicas: Optional[int] = None
     steps_per_call: int = 10
     checkpoint_every: int = 500
@@ -71,6 +72,7 @@ HELP = {
     "scale_lr": "multiply the learning rate by the number of workers (Horovod convention)",
     "augment": "random crop and flip of training images (--no-augment to disable)",
     "strategy": "auto picks multiworker under TF_CONFIG, mirrored with >1 GPU, else default",
+    "horovod_fp16_allreduce": "horovod: all-reduce the gradients in float16 (half the traffic)",
     "replicas": "mirrored: number of GPUs to use, or of logical CPU devices on a host without GPUs",
     "steps_per_call": "training steps per compiled call (the loop still stops within one step "
                       "on preemption)",
@@ -232,6 +234,8 @@ def validate(config):
     if config.model not in models.MODELS:
         raise UsageError(f"--model: unknown model {config.model!r}; "
                          f"choose one of: {', '.join(sorted(models.MODELS))}")
+    if config.horovod_fp16_allreduce and config.strategy not in ("horovod", "auto"):
+        raise UsageError("--horovod-fp16-allreduce applies to --strategy horovod only")
     if config.replicas is not None and config.strategy not in ("mirrored", "auto"):
         raise UsageError("--replicas applies to --strategy mirrored only")
     for name in config.preemption_signals:

@@ -7,9 +7,15 @@
 
 Checkpointing is delegated to one object (train.checkpoint.CheckpointManager), reporting
 to one (train.monitor.Monitor).
+
+Preemption: the run stops only on the STOP column of a call's sums, which every worker
+shares (train.preemption, Agreement), and raises Preempted (exit 42) only after the save
+of the stop step has completed, background write included.
 """
 
 import dataclasses
+import time
+
 import numpy as np
 
 from train.errors import Preempted
@@ -59,19 +65,17 @@ class Controller:
             # Right after a resume, one step alone: time-to-resume ends at the first step.
             n = 1 if self.on_first_step is not None else schedule.steps_until_boundary(step)
             sums = self.trainer.train(self.iterator, n)
+            returned = time.monotonic()
             step = int(self.trainer.step.numpy())
             if self.on_first_step is not None:
                 self.on_first_step()
                 self.on_first_step = None
             self._totals += sums
-            preempted = sums[STOP] > 0 or self.watcher.requested
+            preempted = sums[STOP] > 0  # not watcher.requested: see the module doc
             if preempted or step % schedule.log_every == 0 or step == schedule.total_steps:
                 self._log(step)
             if preempted:
-                self._save(step)
-                self.checkpoints.wait()
-                self.monitor.event("preempted", step=step, signal=self._signal_name())
-                raise Preempted(f"preempted at step {step}; checkpoint saved; rerun to resume")
+                self._preempt(step, returned)
             if step % schedule.checkpoint_every == 0:
                 self._save(step)
             if schedule.eval_every and step % schedule.eval_every == 0:
@@ -82,8 +86,14 @@ class Controller:
         self.checkpoints.wait()
         return step
 
-    def _signal_name(self):
-        return self.watcher.received[0] if self.watcher.received else "peer"
+    def _preempt(self, step, returned):
+        self._save(step)
+        self.checkpoints.wait()  # an async write too: exit 42 promises a complete save
+        received = self.watcher.received
+        delay = {} if received is None else {"signal_to_stop_s": round(returned - received[1], 4)}
+        self.monitor.event("preempted", step=step, signal=received[0] if received else "peer",
+                           **delay)
+        raise Preempted(f"preempted at step {step}; checkpoint saved; rerun to resume")
 
     def _log(self, step):
         totals, self._totals = self._totals, np.zeros(4)

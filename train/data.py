@@ -252,15 +252,18 @@ def _options():
 
 def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: int,
                   start_step: int, augment: bool,
-                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """Infinite training batches (float32 images in [0, 1], int32 labels) from `start_step` on."""
+                  input_context: tf.distribute.InputContext | None = None,
+                  with_indices: bool = False) -> tf.data.Dataset:
+    """Infinite training batches (float32 images in [0, 1], int32 labels) from `start_step` on;
+    with_indices: (images, labels, int64 example indices), for tests (train.loop's hook)."""
     worker, workers, batch = _sharding(global_batch_size, input_context)
     start_example = start_step * (global_batch_size // workers)
     source = _batch_source(info, data_dir, training=True)
 
     def make_batch(indices, codes):
         images, labels = source(indices)
-        return _to_float(_augment(images, codes) if augment else images), labels
+        images = _to_float(_augment(images, codes) if augment else images)
+        return (images, labels, indices) if with_indices else (images, labels)
 
     ds = _stream(info, seed, start_example, worker, workers)
     ds = ds.batch(batch, drop_remainder=True)

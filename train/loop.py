@@ -6,24 +6,33 @@ position is a pure function of it (train.data), so resuming needs nothing else.
 
 Each compiled call runs up to `steps_per_call` steps and returns the sums of
 [loss * examples, correct, examples, stop] over all replicas; `stop` is the preemption
-flag (train.preemption), so the call leaves after the step in which any worker saw a
-signal, and every worker leaves after the same step.
+flag (train.preemption), read after the step's optimizer update, so the call leaves after
+the step in which any worker saw a signal, and every worker leaves after the same step.
+
+Test hook: with HARNESS_RECORD_INDICES=<file> in the environment, train.run asks the
+pipeline for the example indices of each batch too (train.data, `with_indices`), and
+every executed step appends one line "<step> [<index> ...]" to that file from inside the
+compiled loop: the indices of exactly the batch that step trained on, global-batch order
+(replica 0 first), this process's share only. The resume tests compare these lines.
 """
 
+import os
 import time
 
 import keras
 import tensorflow as tf
 
 LOSS_SUM, CORRECT, COUNT, STOP = range(4)
+RECORD_INDICES_ENV = "HARNESS_RECORD_INDICES"
 
 
 class Trainer:
     """Owns the compiled functions; knows nothing about files or schedules."""
 
     def __init__(self, *, backend, model, optimizer, global_batch_size, stop_flag,
-                 jit_compile=False):
+                 jit_compile=False, record_indices=None):
         self.backend = backend
+        self.record_indices = record_indices  # a file path: see the test hook above
         self.model = model
         self.optimizer = optimizer
         self.global_batch_size = global_batch_size
@@ -31,6 +40,8 @@ class Trainer:
         with backend.strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # A backend whose collectives have no XLA kernels (Horovod) runs its step unjitted.
+        jit_compile = jit_compile and backend.collectives_in_xla
         self._replica_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
         self._train_n = tf.function(self._train_n_impl)
         self._eval_batch = tf.function(self._eval_batch_impl)
@@ -48,9 +59,13 @@ class Trainer:
         grads = tape.gradient(scaled, model.trainable_variables)
         grads = self.backend.reduce_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return self._sums(per_example, probs, labels)
+        # The flag is read after the update (reads of the updated variables come first), not
+        # whenever the scheduler likes: a signal during this step then stops after it.
+        with tf.control_dependencies([tf.identity(v) for v in model.trainable_variables]):
+            stop = tf.identity(self.stop_flag.read_value())
+        return self._sums(per_example, probs, labels, stop=stop)
 
-    def _sums(self, per_example, probs, labels, weights=None):
+    def _sums(self, per_example, probs, labels, weights=None, stop=0.0):
         correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32),
                                    tf.cast(labels, tf.int32)), tf.float32)
         if weights is None:
@@ -58,19 +73,26 @@ class Trainer:
         return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32) * weights),
                          tf.reduce_sum(correct * weights),
                          tf.reduce_sum(weights),
-                         tf.identity(self.stop_flag.read_value())])
+                         tf.cast(stop, tf.float32)])
 
     def _train_n_impl(self, iterator, n):
         totals = tf.zeros([4])
         for _ in tf.range(n):
-            images, labels = next(iterator)
-            per_replica = self.backend.strategy.run(self._replica_step, args=(images, labels))
+            batch = next(iterator)
+            per_replica = self.backend.strategy.run(self._replica_step, args=batch[:2])
             sums = self.backend.reduce_sum(per_replica)
             self.step.assign_add(1)
+            if self.record_indices:
+                self._record(batch[2])
             totals += sums
             if sums[STOP] > 0:
                 break
         return totals
+
+    def _record(self, indices):
+        local = self.backend.strategy.experimental_local_results(indices)
+        tf.print(self.step.read_value(), tf.concat(local, axis=0), summarize=-1,
+                 output_stream="file://" + os.path.abspath(self.record_indices))
 
     def train(self, iterator, n):
         """Run up to n steps; returns host-side sums (numpy) of the steps that ran."""

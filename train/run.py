@@ -16,7 +16,7 @@ import tensorflow as tf
 from train import checkpoint, data, distribute, models, optimizers
 from train.controller import Controller, Schedule
 from train.errors import UsageError
-from train.loop import Trainer
+from train.loop import RECORD_INDICES_ENV, Trainer
 from train.monitor import Monitor, variables_digest
 from train.preemption import PreemptionWatcher
 
@@ -81,22 +81,26 @@ def build_state(config, backend, info, steps):
 
 def run(config):
     """Train to config.steps; returns the final step. Raises HarnessError subclasses."""
-    backend = distribute.create(config.strategy, replicas=config.replicas)
-    setup_numerics(config)
-    info = data.dataset_info(config.dataset, config.data_dir)
-    if config.batch_size % backend.num_replicas:
-        raise UsageError(f"--batch-size {config.batch_size} cannot be split evenly over "
-                         f"{backend.num_replicas} replicas")
-    steps = total_steps(config, info)
-    identity = {"model": config.model, "dataset": config.dataset,
-                "image_shape": list(info.image_shape), "num_classes": info.num_classes}
-    check_same_run(config.workdir, identity)
+    # First of all: from here on a preemption signal means "save after the next step and
+    # exit 42", even while the set-up below is still running (train.preemption, Lifetime).
+    watcher = PreemptionWatcher(signal_names=config.preemption_signals).install()
+    try:
+        return _run(config, watcher)
+    finally:
+        watcher.uninstall()
 
+
+def _run(config, watcher):
+    backend = distribute.create(config.strategy, replicas=config.replicas,
+                                fp16_allreduce=config.horovod_fp16_allreduce)
+    watcher.install()  # again: the backend may have taken SIGTERM (train.preemption, Lifetime)
+    setup_numerics(config)
+    info, steps, identity = check_inputs(config, backend)
     model, optimizer = build_state(config, backend, info, steps)
-    watcher = PreemptionWatcher(signal_names=config.preemption_signals)
     trainer = Trainer(backend=backend, model=model, optimizer=optimizer,
                       global_batch_size=config.batch_size, stop_flag=watcher.flag,
-                      jit_compile=config.jit_compile)
+                      jit_compile=config.jit_compile,
+                      record_indices=os.environ.get(RECORD_INDICES_ENV) or None)
     manager = checkpoint.CheckpointManager(
         directory=os.path.join(config.workdir, "checkpoints"),
         state={"model": model.variables, "optimizer": optimizer.variables,
@@ -106,29 +110,43 @@ def run(config):
         options=checkpoint.CheckpointOptions(keep=config.keep,
                                              keep_every_hours=config.keep_every_hours,
                                              async_save=config.async_checkpoint))
-    # Resume order: (1) restore model, optimizer slots, RNG states and step from the newest
-    # valid checkpoint; else (2) --init-from; (3) every worker adopts the chief's values
-    # (Horovod); (4) only then build the input pipeline, positioned from the restored step.
+    restored = restore(config, backend, manager, identity, model, optimizer)
+    if backend.is_chief:
+        os.makedirs(config.workdir, exist_ok=True)
+        write_run_config(config.workdir, config, identity, steps)
+    monitor = Monitor(workdir=config.workdir, is_chief=backend.is_chief, total_steps=steps)
+    parts = RunParts(config=config, backend=backend, info=info, steps=steps, trainer=trainer,
+                     manager=manager, monitor=monitor, watcher=watcher)
+    try:
+        return _train(parts, restored or 0, restored)
+    finally:
+        manager.close()
+        monitor.close()
+
+
+def check_inputs(config, backend):
+    """(dataset info, total steps, run identity); UsageError before anything is written."""
+    info = data.dataset_info(config.dataset, config.data_dir)
+    if config.batch_size % backend.num_replicas:
+        raise UsageError(f"--batch-size {config.batch_size} cannot be split evenly over "
+                         f"{backend.num_replicas} replicas")
+    identity = {"model": config.model, "dataset": config.dataset,
+                "image_shape": list(info.image_shape), "num_classes": info.num_classes}
+    check_same_run(config.workdir, identity)
+    return info, total_steps(config, info), identity
+
+
+def restore(config, backend, manager, identity, model, optimizer):
+    """The restored step, or None. Resume order: (1) restore model (RNG states included),
+    optimizer slots and step from the newest valid checkpoint; else (2) --init-from;
+    (3) every worker adopts the chief's values (Horovod); (4) only then is the input
+    pipeline built (in _train), positioned from the restored step."""
     restored = manager.restore()
     check_checkpoint_identity(manager, restored, identity)
     if restored is None and config.init_from:
         optimizers.init_from_keras_file(config.init_from, model, optimizer)
     backend.broadcast_variables(model.variables + optimizer.variables)
-    start = restored or 0
-
-    if backend.is_chief:
-        os.makedirs(config.workdir, exist_ok=True)
-        write_run_config(config.workdir, config, identity, steps)
-    monitor = Monitor(workdir=config.workdir, is_chief=backend.is_chief, total_steps=steps)
-    watcher.install()
-    parts = RunParts(config=config, backend=backend, info=info, steps=steps, trainer=trainer,
-                     manager=manager, monitor=monitor, watcher=watcher)
-    try:
-        return _train(parts, start, restored)
-    finally:
-        watcher.uninstall()
-        manager.close()
-        monitor.close()
+    return restored
 
 
 def check_checkpoint_identity(manager, restored, identity):
@@ -160,7 +178,8 @@ def _train(parts, start, restored):
     def dataset_fn(input_context):
         return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
                                   seed=config.seed, start_step=start, augment=config.augment,
-                                  input_context=input_context)
+                                  input_context=input_context,
+                                  with_indices=bool(trainer.record_indices))
 
     def eval_dataset_fn(input_context):
         return data.padded_eval_dataset(info, config.data_dir, global_batch_size=config.batch_size,
@@ -195,33 +214,57 @@ def _train(parts, start, restored):
 def resume_reporter(monitor, workdir, restored):
     """A `resume` row, written after the first step, when the time to resume is known.
 
-    Steps lost: after a preemption the last logged step is the saved one (0 lost); after
-    a crash, the steps logged after the restored checkpoint are known lost (more may be:
-    those after the last log line).
+    Written when a checkpoint was restored, or when metrics.jsonl shows an earlier process
+    (one that crashed before its first checkpoint: this one resumes from step 0).
+    steps_lost: the steps the previous process logged beyond the restored one. How that
+    process ended (`previous_end`, from its last rows) says how far to trust it:
+    "preempted" or "finished", exact (0 after a preemption: the stop step is logged and
+    saved); "crashed", a lower bound (the steps after its last log line are lost too).
     """
-    if restored is None:
+    previous = previous_process(os.path.join(workdir, "metrics.jsonl"))
+    if restored is None and previous is None:
         return None
-    last_logged = last_logged_step(os.path.join(workdir, "metrics.jsonl"))
-    lost = max(0, last_logged - restored) if last_logged is not None else 0
+    step = restored or 0
+    last_logged, end = previous or (None, "crashed")
+    lost = max(0, last_logged - step) if last_logged is not None else 0
     started = psutil.Process().create_time()
 
     def report():
-        monitor.event("resume", step=restored, restored_step=restored, steps_lost=lost,
-                      time_to_resume_s=round(time.time() - started, 3))
+        monitor.event("resume", step=step, restored_step=step, steps_lost=lost,
+                      previous_end=end, time_to_resume_s=round(time.time() - started, 3))
     return report
 
 
-def last_logged_step(path):
-    last = None
+def previous_process(path):
+    """(last logged train step or None, "preempted" | "finished" | "crashed") of the
+    process that wrote the last rows of metrics.jsonl; None if there are no rows.
+
+    Each process that follows another writes a `resume` row first, so the previous
+    process's rows are those after the last `resume` row (or all, if there is none).
+    """
+    last = end = None
+    seen = False
+    for row in _rows(path):
+        seen = True
+        if row.get("event") == "resume":
+            last = end = None
+        elif "loss" in row and "step" in row:
+            last = row["step"]
+        elif row.get("event") in ("preempted", "finished"):
+            end = row["event"]
+    return (last, end or "crashed") if seen else None
+
+
+def _rows(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a line torn by a crash
-                if "loss" in row and "step" in row:
-                    last = row["step"]
+        f = open(path, encoding="utf-8")
     except OSError:
-        return None
-    return last
+        return
+    with f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash
+            if isinstance(row, dict):
+                yield row

@@ -1,0 +1,120 @@
+"""`input`: each training pipeline alone, against the rate training consumes.
+
+Pipelines: train.data.train_dataset for the chosen dataset and `synthetic`, each with
+and without augmentation (crop + flip). Variants, interleaved in one process:
+
+  pipe:<p>      the pipeline alone: batches pulled inside a tf.function (as the trainer
+                pulls them), no model
+  train:<p>     harness training (Trainer, default steps per call) fed by pipeline <p>
+  train:none    the same training fed one cached batch repeated
+                (`take(1).cache().repeat()`): the rate if input were free
+
+headroom = pipeline images/sec / no-input training images/sec (> 1: the pipeline alone
+outruns training). input_wait_fraction = (t_train:<p> - t_train:none) / t_train:<p>, per
+repetition (paired), the share of step time spent on input. On a CPU-only host the
+pipeline's threads compete with the model's for the same cores, so this counts that
+contention too, not only idle waiting on an empty prefetch buffer.
+"""
+
+import tempfile
+import time
+
+from benchmarks import harness, measure
+
+
+def run(opts, machine):
+    return measure.each_model_and_batch(opts, measure_config)
+
+
+def pipelines(dataset):
+    names = list(dict.fromkeys([dataset, "synthetic"]))
+    return [(name, augment) for name in names for augment in (False, True)]
+
+
+def _label(dataset, augment):
+    return dataset + ("+augment" if augment else "")
+
+
+def measure_config(opts, model, batch):
+    import keras
+    import tensorflow as tf
+
+    from train import data, distribute, run as train_run
+
+    sizes = opts.sizes
+    with tempfile.TemporaryDirectory(prefix="bench-input-", dir=opts.scratch) as workdir:
+        config = harness.make_config(workdir=workdir, model=model, batch_size=batch,
+                                     dataset=opts.dataset, data_dir=opts.data_dir)
+        train_run.setup_numerics(config)
+        backend = distribute.create("default")
+        info = data.dataset_info(opts.dataset, opts.data_dir)
+        cached = harness.harness_dataset_fn(config, info, lambda ds: ds.take(1).cache().repeat())
+        parts = harness.build_harness(config, backend, info, dataset_fn=cached)
+        drain = _drain_function(tf)
+        variants = {"train:none": lambda: harness.trainer_steps(parts, sizes.steps)}
+        for name, augment in pipelines(opts.dataset):
+            label = _label(name, augment)
+            pipe_it, train_it = _iterators(config, backend, name, augment, opts.data_dir)
+            variants[f"pipe:{label}"] = lambda it=pipe_it: _timed(drain, it, sizes.steps)
+            variants[f"train:{label}"] = (
+                lambda it=train_it: harness.trainer_steps(parts, sizes.steps, iterator=it))
+            _timed(drain, pipe_it, sizes.warmup)  # trace, fill the prefetch buffers
+            harness.trainer_steps(parts, sizes.warmup, iterator=train_it)
+        harness.trainer_steps(parts, sizes.warmup)
+        times, usage = measure.interleave(variants, sizes.reps, measure.ResourceSampler)
+    keras.backend.clear_session()
+    base = dict(benchmark="input", model=model, batch_size=batch, steps=sizes.steps,
+                warmup=sizes.warmup, reps=sizes.reps)
+    return [_row(base, name, augment, times, usage) for name, augment in pipelines(opts.dataset)]
+
+
+def _iterators(config, backend, dataset, augment, data_dir):
+    """(pipeline-only iterator, training iterator through the backend) of one pipeline."""
+    import dataclasses
+
+    from train import data
+
+    cfg = dataclasses.replace(config, dataset=dataset, augment=augment)
+    info = data.dataset_info(dataset, data_dir)
+    alone = iter(data.train_dataset(info, data_dir, global_batch_size=cfg.batch_size,
+                                    seed=cfg.seed, start_step=0, augment=augment))
+    fed = iter(backend.distribute_dataset(harness.harness_dataset_fn(cfg, info)))
+    return alone, fed
+
+
+def _drain_function(tf):
+    @tf.function
+    def drain(iterator, n):
+        # Touch every batch (a sum of its labels) so nothing can be pruned away.
+        total = tf.constant(0, tf.int64)
+        for _ in tf.range(n):
+            _, labels = next(iterator)
+            total += tf.reduce_sum(tf.cast(labels, tf.int64))
+        return total
+    return drain
+
+
+def _timed(drain, iterator, steps):
+    import tensorflow as tf
+
+    began = time.perf_counter()
+    drain(iterator, tf.constant(steps, tf.int64)).numpy()
+    return time.perf_counter() - began
+
+
+def _row(base, dataset, augment, times, usage):
+    label = _label(dataset, augment)
+    images = base["batch_size"] * base["steps"]
+    pipe = measure.summarize([images / t for t in times[f"pipe:{label}"]])
+    train = measure.summarize([images / t for t in times[f"train:{label}"]])
+    none = measure.summarize([images / t for t in times["train:none"]])
+    wait = measure.summarize([(t - t0) / t for t, t0 in zip(times[f"train:{label}"],
+                                                            times["train:none"])])
+    return {**base, "variant": label, "dataset": dataset, "augment": augment,
+            **measure.stat_fields("pipeline_images_per_sec", pipe, 1),
+            **measure.stat_fields("train_images_per_sec", train, 1),
+            "train_images_per_sec_no_input": round(none["median"], 1),
+            "headroom": round(pipe["median"] / none["median"], 3),
+            **measure.stat_fields("input_wait_fraction", wait, 4),
+            **{f"pipeline_{k}": v for k, v in measure.merge_usage(usage[f"pipe:{label}"]).items()},
+            **measure.merge_usage(usage[f"train:{label}"])}
