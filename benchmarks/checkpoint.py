@@ -2,18 +2,21 @@
 without, for the harness's CheckpointManager (sync and async) and the seed's
 keras.callbacks.ModelCheckpoint(save_freq=N) (whole model and weights only).
 
-Harness windows (real Trainer + CheckpointManager, keep=3 as a run does), T steps:
-    repeat T/N times: manager.save(step); train N steps (calls of min(N, 10) steps,
-    as the Controller's schedule makes them); then manager.wait()
-This is the Controller's cycle (train N, save) rotated so that an async write overlaps
-the N steps it overlaps in a long run, inside the timed window; the final wait charges
-a write that outlasts its N steps (the next save would wait for it anyway). The
-baseline is the same loop without saves and with the same call size, so S_N is the
-cost of checkpointing alone (the cost of 1-step calls is in `throughput`).
-Keras windows: fit() with and without the callback (timed after the same re-warm).
+Harness (real Trainer + CheckpointManager, keep=3 as a run does): paired blocks of
+B = min(N, 10) steps, many pairs, in alternating order (AB, BA, ...):
+    with:    manager.save(step); train B steps; manager.wait()
+    without: train B steps
+A save's cost is the median over pairs of (with - without): the blocking snapshot plus
+whatever the background write takes from the B steps it overlaps (the wait charges a
+write that outlasts them). S_N = cost / (N x step time). Adjacent blocks share the
+machine's state, so the paired difference resolves a few milliseconds where whole
+windows with and without saves differ by 2-3% from noise alone; a save every 100 steps
+costs the same as one every 10 once its write ends within 10 steps. stall_se is the
+standard error of that median.
+Keras windows: fit() with and without the callback (timed after the same re-warm),
+interleaved; S_N is the median of per-repetition ratios.
 blocking_ms is the time inside save() (harness; async: the snapshot, plus waiting for a
 previous write still in flight) or inside the callback's batch-end hook (Keras), per save.
-Every variant and baseline runs interleaved; S_N is the median of per-repetition ratios.
 """
 
 import math
@@ -52,17 +55,25 @@ class Saves:
         return 1000 * self.seconds / self.count if self.count else None
 
 
-def harness_window(parts, steps, interval, manager, saves):
-    """Seconds of `steps` steps, saving every `interval` steps (see the module doc)."""
-    per_call = min(interval, parts.config.steps_per_call)
-    began = time.perf_counter()
-    for _ in range(steps // interval):
-        at = time.perf_counter()
-        manager.save(int(parts.trainer.step.numpy()))
-        saves.add(time.perf_counter() - at)
-        harness.trainer_steps(parts, interval, steps_per_call=per_call)
-    manager.wait()
-    return time.perf_counter() - began
+BLOCK = 10  # steps after a save that its async write is allowed (and charged) to overlap
+
+
+def harness_pairs(parts, manager, interval, pairs, saves):
+    """([seconds of blocks with a save], [seconds without]), paired (see the module doc)."""
+    block = min(interval, BLOCK)
+    per_call = min(block, parts.config.steps_per_call)
+    timed = {True: [], False: []}
+    for i in range(pairs):
+        for with_save in ((True, False) if i % 2 == 0 else (False, True)):
+            began = time.perf_counter()
+            if with_save:
+                manager.save(int(parts.trainer.step.numpy()))
+                saves.add(time.perf_counter() - began)
+            harness.trainer_steps(parts, block, steps_per_call=per_call)
+            if with_save:
+                manager.wait()
+            timed[with_save].append(time.perf_counter() - began)
+    return timed[True], timed[False]
 
 
 class TimedModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -104,8 +115,15 @@ def measure_config(opts, model, batch):
     harness.warm_up(parts, keras_model, keras_data, sizes.warmup)
     managers = {mode: _manager(parts, os.path.join(workdir, mode), mode == "async")
                 for mode in ("sync", "async")}
-    variants, saves = _variants(opts, parts, managers, keras_model, keras_data, workdir)
+    variants, saves = _keras_variants(opts, keras_model, keras_data, workdir)
     times, usage = measure.interleave(variants, sizes.reps, measure.ResourceSampler)
+    pairs = {}
+    for mode, manager in managers.items():
+        for n in opts.intervals:
+            saves[mode, n] = Saves()
+            with measure.ResourceSampler() as sampler:
+                pairs[mode, n] = harness_pairs(parts, manager, n, 8 * sizes.reps, saves[mode, n])
+            usage[f"{mode}@{n}"] = [sampler.usage()]
     extras = _sizes_and_restores(parts, managers, keras_model, workdir, 1 if opts.quick else 3)
     for manager in managers.values():
         manager.close()
@@ -113,7 +131,8 @@ def measure_config(opts, model, batch):
     base = dict(benchmark="checkpoint", model=model, batch_size=batch, steps=sizes.steps,
                 warmup=sizes.warmup, reps=sizes.reps, steps_per_call=config.steps_per_call,
                 filesystem=filesystem_of(workdir))
-    return [_row(base, mode, n, times, usage, saves, extras, sizes.steps)
+    return [_harness_row(base, mode, n, pairs[mode, n], usage, saves, extras)
+            if mode in managers else _keras_row(base, mode, n, times, usage, saves, extras)
             for mode in MODES for n in opts.intervals]
 
 
@@ -128,26 +147,19 @@ def _manager(parts, directory, async_save):
         options=checkpoint.CheckpointOptions(keep=3, async_save=async_save))
 
 
-def _variants(opts, parts, managers, keras_model, keras_data, workdir):
-    sizes, spc = opts.sizes, parts.config.steps_per_call
+def _keras_variants(opts, keras_model, keras_data, workdir):
+    sizes = opts.sizes
     variants, saves = {}, {}
-    for per_call in sorted({min(n, spc) for n in opts.intervals}):
-        variants[f"none@{per_call}"] = lambda c=per_call: harness.trainer_steps(
-            parts, sizes.steps, steps_per_call=c)
     variants["keras_none"] = lambda: harness.fit_window(
         keras_model, keras_data, sizes.steps, sizes.rewarm)
     paths = {"keras_full": os.path.join(workdir, "model.keras"),
              "keras_weights": os.path.join(workdir, "model.weights.h5")}
     for n in opts.intervals:
         steps = window_steps(sizes.steps, n)
-        for mode in MODES:
+        for mode, path in paths.items():
             saves[mode, n] = record = Saves()
-            if mode in managers:
-                variants[f"{mode}@{n}"] = lambda n=n, s=steps, m=managers[mode], r=record: \
-                    harness_window(parts, s, n, m, r)
-            else:
-                variants[f"{mode}@{n}"] = lambda n=n, s=steps, p=paths[mode], r=record: \
-                    keras_window(keras_model, keras_data, s, sizes.rewarm, n, p, r)
+            variants[f"{mode}@{n}"] = lambda n=n, s=steps, p=path, r=record: \
+                keras_window(keras_model, keras_data, s, sizes.rewarm, n, p, r)
     return variants, saves
 
 
@@ -178,23 +190,36 @@ def _median_ms(function, repeats):
     return statistics.median(times)
 
 
-def _row(base, mode, n, times, usage, saves, extras, steps):
-    keras_mode = mode.startswith("keras")
-    baseline = "keras_none" if keras_mode else f"none@{min(n, base['steps_per_call'])}"
-    name = f"{mode}@{n}"
-    t_steps = window_steps(steps, n)
-    per_step = [t / t_steps for t in times[name]]
-    base_per_step = [t / steps for t in times[baseline]]
+def _harness_row(base, mode, n, pair, usage, saves, extras):
+    with_save, without = pair
+    block = min(n, BLOCK)
+    step = statistics.median(without) / block
+    costs = [w - o for w, o in zip(with_save, without)]
+    stall = measure.summarize([c / (n * step) for c in costs])
+    standard_error = 1.2533 * stall["jitter"] / math.sqrt(max(1, stall["n"]))  # of a median
+    return {**base, "variant": f"{mode}@{n}", "mode": mode, "interval": n,
+            "block_steps": block, "pairs": len(costs),
+            **measure.stat_fields("stall", stall, 4), "stall_se": round(standard_error, 4),
+            "cost_ms_per_save": round(1000 * statistics.median(costs), 2),
+            **_common(base, mode, n, step, usage, saves, extras)}
+
+
+def _keras_row(base, mode, n, times, usage, saves, extras):
+    t_steps = window_steps(base["steps"], n)
+    per_step = [t / t_steps for t in times[f"{mode}@{n}"]]
+    base_per_step = [t / base["steps"] for t in times["keras_none"]]
     stall = measure.summarize([a / b - 1 for a, b in zip(per_step, base_per_step)])
+    return {**base, "variant": f"{mode}@{n}", "mode": mode, "interval": n,
+            "window_steps": t_steps, **measure.stat_fields("stall", stall, 4),
+            **_common(base, mode, n, statistics.median(base_per_step), usage, saves, extras)}
+
+
+def _common(base, mode, n, step, usage, saves, extras):
     size, restore_ms = extras[mode]
-    return {**base, "variant": name, "mode": mode, "interval": n, "window_steps": t_steps,
-            **measure.stat_fields("stall", stall, 4),
-            "blocking_ms": _round(saves[mode, n].ms_per_save, 2),
-            "saves_timed": saves[mode, n].count,
-            "baseline_step_ms": round(1000 * statistics.median(base_per_step), 2),
-            "step_ms": round(1000 * statistics.median(per_step), 2),
+    return {"blocking_ms": _round(saves[mode, n].ms_per_save, 2),
+            "saves_timed": saves[mode, n].count, "baseline_step_ms": round(1000 * step, 2),
             "checkpoint_bytes": size, "restore_ms": round(restore_ms, 1),
-            **measure.merge_usage(usage[name])}
+            **measure.merge_usage(usage[f"{mode}@{n}"])}
 
 
 def filesystem_of(path):

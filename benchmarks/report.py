@@ -18,11 +18,11 @@ def _num(value, digits=0, suffix=""):
 
 
 def _pm(row, key, digits=0, scale=1.0, suffix=""):
-    """'median ± jitter' of a stat_fields group."""
+    """'median ± jitter' of a stat_fields group (± standard error where the row has one)."""
     if row.get(key) is None:
         return "-"
     text = _num(row[key] * scale, digits)
-    jitter = row.get(f"{key}_jitter")
+    jitter = row.get(f"{key}_se", row.get(f"{key}_jitter"))  # an estimate's own error first
     if jitter is not None and math.isfinite(jitter):
         text += f" ± {_num(jitter * scale, digits)}"
     return text + suffix

@@ -9,6 +9,8 @@ the same global batch:
   harness        the real Controller + Trainer with --steps-per-call 10 (the default)
   harness_spc1   the same with --steps-per-call 1 (full runs): one step per compiled call,
                  like fit, to tell the loop's cost from the gain of multi-step calls
+  harness_bfloat16  the harness with --precision mixed_bfloat16 (full runs; fit stays
+                 float32, the seed's default): the gain of bfloat16 units (AMX, Ampere+)
 
 The default strategy runs in this process; `mirrored` with N logical CPUs (or GPUs) runs
 in a child process per configuration (benchmarks.child), fit and harness interleaved
@@ -18,6 +20,7 @@ the layers, benchmarks.flops) / the same-run matmul FLOP/s.
 """
 
 import dataclasses
+import functools
 import tempfile
 
 from benchmarks import child, flops, harness, measure
@@ -44,6 +47,7 @@ def strategy_configs(opts):
 def _one_config(opts, machine, model, batch, strategy, replicas):
     kwargs = dict(model=model, batch_size=batch, dataset=opts.dataset, data_dir=opts.data_dir,
                   sizes=dataclasses.asdict(opts.sizes), spc_list=list(opts.steps_per_call),
+                  precisions=list(opts.precisions),
                   matmul_gflops=machine["matmul_gflops"])
     label = dict(benchmark="throughput", model=model, batch_size=batch, strategy=strategy,
                  replicas=replicas or 1)
@@ -59,26 +63,30 @@ def _one_config(opts, machine, model, batch, strategy, replicas):
 
 
 def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_list,
-                   matmul_gflops):
+                   matmul_gflops, precisions=("fp32",)):
     """Rows for fit and harness variants of one configuration, measured interleaved."""
     import keras
 
-    from train import data, run as train_run
-
     sizes = measure.Sizes(**sizes)
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as workdir:
-        config = harness.make_config(workdir=workdir, model=model, batch_size=batch_size,
-                                     dataset=dataset, data_dir=data_dir)
-        train_run.setup_numerics(config)  # same seed: same initial weights on both sides
-        info = data.dataset_info(dataset, data_dir)
-        parts = harness.build_harness(config, backend, info)
-        keras_model, keras_data = harness.build_keras(config, backend, info)
+        make = functools.partial(_build, backend=backend, workdir=workdir, model=model,
+                                 batch_size=batch_size, dataset=dataset, data_dir=data_dir)
+        parts = make()
+        keras_model, keras_data = harness.build_keras(parts.config, backend, parts.info)
         harness.warm_up(parts, keras_model, keras_data, sizes.warmup)
         variants = {"keras_fit": lambda: harness.fit_window(
             keras_model, keras_data, sizes.steps, sizes.rewarm)}
+        kinds = {"keras_fit": (1, "fp32")}  # fit's default steps_per_execution, as the seed
         for spc in spc_list:
-            variants[_harness_name(spc)] = (
+            kinds[_harness_name(spc, "fp32")] = (spc, "fp32")
+            variants[_harness_name(spc, "fp32")] = (
                 lambda spc=spc: harness.controller_window(parts, sizes.steps, spc))
+        for precision in (p for p in precisions if p != "fp32"):
+            other = make(precision=precision)
+            harness.warm_up(other, None, None, sizes.warmup)
+            kinds[_harness_name(10, precision)] = (10, precision)
+            variants[_harness_name(10, precision)] = (
+                lambda other=other: harness.controller_window(other, sizes.steps, 10))
         times, usage = measure.interleave(variants, sizes.reps, measure.ResourceSampler)
         per_image = flops.training_flops_per_image(keras_model)
     keras.backend.clear_session()
@@ -86,33 +94,47 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
                 strategy=backend.name, replicas=backend.num_replicas, dataset=dataset,
                 steps=sizes.steps, warmup=sizes.warmup, reps=sizes.reps,
                 flops_per_image=per_image)
-    return [_row(base, name, times, usage[name], matmul_gflops) for name in variants]
+    return [_row(base, name, kinds[name], times, usage[name], matmul_gflops)
+            for name in variants]
 
 
-def _harness_name(spc):
-    return "harness" if spc == 10 else f"harness_spc{spc}"
+def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision="fp32"):
+    """Harness parts under `precision`; the global policy is float32 again afterwards, so
+    the Keras fit model (built later) is the seed's float32 one."""
+    import keras
+
+    from train import data, run as train_run
+
+    config = harness.make_config(workdir=workdir, model=model, batch_size=batch_size,
+                                 dataset=dataset, data_dir=data_dir, precision=precision)
+    train_run.setup_numerics(config)  # same seed: same initial weights on every side
+    try:
+        return harness.build_harness(config, backend, data.dataset_info(dataset, data_dir))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
-def _row(base, name, times, usage, matmul_gflops):
+def _harness_name(spc, precision):
+    name = "harness" if spc == 10 else f"harness_spc{spc}"
+    return name if precision == "fp32" else f"{name}_{precision.removeprefix('mixed_')}"
+
+
+def _row(base, name, kind, times, usage, matmul_gflops):
     batch, steps = base["batch_size"], base["steps"]
+    spc, precision = kind
     rates = [batch * steps / t for t in times[name]]
     summary = measure.summarize(rates)
     ratios = measure.summarize(measure.paired_ratios(rates, [
         batch * steps / t for t in times["keras_fit"]]))
-    return {**base, "variant": name, "steps_per_call": _spc_of(name),
+    return {**base, "variant": name, "steps_per_call": spc, "precision": precision,
             **measure.stat_fields("images_per_sec", summary, 1),
             "step_ms": round(1000 * batch / summary["median"], 2),
             "ratio_vs_keras_fit": round(ratios["median"], 3),
             "ratio_jitter": round(ratios["jitter"], 3),
+            # Against the float32 matmul peak: above 1.0 is possible with bfloat16 units.
             "compute_efficiency": _round(flops.efficiency(
                 summary["median"], base["flops_per_image"], matmul_gflops), 3),
             **measure.merge_usage(usage)}
-
-
-def _spc_of(name):
-    if name == "keras_fit":
-        return 1  # fit's default steps_per_execution, as the seed used it
-    return 10 if name == "harness" else int(name.removeprefix("harness_spc"))
 
 
 def _round(value, digits):

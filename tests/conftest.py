@@ -1,12 +1,24 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def pytest_configure(config):
+    # Decoded splits (train.split_cache) go to a directory of this session, not ~/.cache;
+    # set before any test runs, so every child process inherits it.
+    os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="harness-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.pop("HARNESS_CACHE_DIR", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -159,7 +159,7 @@ def test_mirrored_variables_save_and_restore(tmp_path):
         with manager(str(tmp_path), state, async_save=True) as m:
             m.save(1)
             m.wait()
-            assert not any(isinstance(t, tf.distribute.DistributedValues) for t in m._twins[0])
+            assert not any(isinstance(t, tf.distribute.DistributedValues) for t in m._writer[0])
     plain = tiny_state()
     with manager(str(tmp_path), plain) as m:
         assert m.restore() == 1

@@ -18,8 +18,8 @@ Invariants (other modules and the resume tests rely on them):
 * Augmentation (flip + crop after 4-pixel zero padding) takes its parameters from a
   per-epoch table seeded by (seed, epoch) and indexed by example, i.e. a pure function of
   (seed, epoch, example index): no RNG state in checkpoints, identical after resume.
-* Examples. A split is loaded once into host memory (uint8) and batches are gathered by
-  index, so this suits datasets that fit in host memory (CIFAR, MNIST, shapes10 ...).
+* Examples. A split is loaded once into host memory (uint8; decoded once per machine,
+  train.split_cache) and batches are gathered by index, so this suits datasets that fit in host memory (CIFAR, MNIST, shapes10 ...).
   Images come out float32 in [0, 1], labels int32. `synthetic` has no files: each example
   is computed from its index (see train.datasets), so it is deterministic too.
 """
@@ -33,6 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from train import datasets as builtin_datasets  # importing registers shapes10 with TFDS
+from train import split_cache
 from train.errors import UsageError
 
 DEFAULT_DATASET = "shapes10"
@@ -132,10 +133,15 @@ def _load_split(name, data_dir, split):
     key = (name, data_dir, split)
     if key not in _SPLITS:
         builder = _builder(name, data_dir)
-        images, labels = tfds.as_numpy(builder.as_dataset(
-            split=split, batch_size=-1, as_supervised=True, shuffle_files=False))
+
+        def decode():
+            images, labels = tfds.as_numpy(builder.as_dataset(
+                split=split, batch_size=-1, as_supervised=True, shuffle_files=False))
+            return images, labels.astype(np.int32)
+
+        images, labels = split_cache.load(name, builder.data_dir, split, decode)
         with tf.device("/cpu:0"):
-            _SPLITS[key] = (tf.constant(images), tf.constant(labels.astype(np.int32)))
+            _SPLITS[key] = (tf.constant(images), tf.constant(labels))
     return _SPLITS[key]
 
 

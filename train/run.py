@@ -10,14 +10,13 @@ import os
 import time
 
 import keras
-import psutil
 import tensorflow as tf
 
 from train import checkpoint, data, distribute, models, optimizers
 from train.controller import Controller, Schedule
 from train.errors import UsageError
 from train.loop import RECORD_INDICES_ENV, Trainer
-from train.monitor import Monitor, variables_digest
+from train.monitor import Monitor, process_age_s, variables_digest
 from train.preemption import PreemptionWatcher
 
 CONFIG_FILE = "config.json"
@@ -227,11 +226,11 @@ def resume_reporter(monitor, workdir, restored):
     step = restored or 0
     last_logged, end = previous or (None, "crashed")
     lost = max(0, last_logged - step) if last_logged is not None else 0
-    started = psutil.Process().create_time()
+    started = time.monotonic() - process_age_s()
 
     def report():
         monitor.event("resume", step=step, restored_step=step, steps_lost=lost,
-                      previous_end=end, time_to_resume_s=round(time.time() - started, 3))
+                      previous_end=end, time_to_resume_s=round(time.monotonic() - started, 3))
     return report
 
 
