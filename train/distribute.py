@@ -57,6 +57,9 @@ class Backend:
     def broadcast_variables(self, variables):
         """Make every worker start from the chief's values (tf.distribute does it at creation)."""
 
+    def barrier(self, name):
+        """Return when every worker has arrived here (one process: at once)."""
+
     def describe(self):
         return f"{self.name}: {self.num_workers} worker(s), {self.num_replicas} replica(s)"
 
@@ -67,6 +70,16 @@ class MirroredBackend(Backend):
 
 class MultiWorkerBackend(Backend):
     name = "multiworker"
+    barrier_timeout_s = 3600  # the chief may be exporting a large model meanwhile
+
+    def barrier(self, name):
+        # The coordination service's barrier: no collective, so it cannot be confused with
+        # training's. Needed at the end: task 0 leads the coordination service, and a worker
+        # that exits while the chief still exports (or the chief after it) can leave the
+        # other hanging in shutdown or failing its heartbeats.
+        from tensorflow.python.eager import context
+
+        context.context().wait_at_barrier(name, int(self.barrier_timeout_s * 1000))
 
 
 def _gpus():

@@ -207,6 +207,7 @@ def _train(parts, start, restored):
 
         export.export_model(trainer.model, trainer.optimizer, os.path.join(config.workdir, "export"))
         monitor.event("exported", step=final, path=os.path.join(config.workdir, "export"))
+    backend.barrier("harness-train-done")  # no worker leaves while the chief still exports
     return final
 
 
