@@ -52,7 +52,16 @@ def _train(argv):
 
 
 def train_main(argv=None):
-    return guarded("harness-train", _train, sys.argv[1:] if argv is None else argv)
+    code = guarded("harness-train", _train, sys.argv[1:] if argv is None else argv)
+    from train import distribute
+
+    if distribute.teardown_may_hang():
+        # Checkpoints, metrics and exports are closed and synced by now (train.run's
+        # finally blocks); skip the teardown of TensorFlow's coordination service.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def eval_main(argv=None):

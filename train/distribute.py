@@ -23,6 +23,17 @@ import tensorflow as tf
 from train.errors import UsageError
 
 
+# True once this process has started MultiWorkerMirroredStrategy. Its coordination
+# service can hang the interpreter's teardown when another task has exited first
+# (seen here about once in four 2-worker runs; tensorflow/tensorflow#58434), so train.cli
+# ends such a process with os._exit once everything is written and flushed.
+_coordination_service_started = False
+
+
+def teardown_may_hang():
+    return _coordination_service_started
+
+
 class Backend:
     """What the trainer needs to know about distribution."""
 
@@ -150,6 +161,8 @@ def _multiworker():
         raise UsageError("--strategy multiworker needs TF_CONFIG (use harness-launch) or a Slurm job")
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if _gpus()
                       else tf.distribute.experimental.CommunicationImplementation.RING)
+    global _coordination_service_started
+    _coordination_service_started = True
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         cluster_resolver=resolver,
         communication_options=tf.distribute.experimental.CommunicationOptions(
