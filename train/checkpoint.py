@@ -322,9 +322,7 @@ def _make_writer(specs):
 
     # Called through its concrete function: no per-call tracing checks of 30-odd arguments.
     return flat, write.get_concrete_function(
-        tf.TensorSpec([], tf.string),
-        [tf.TensorSpec(shape, dtype) for group_specs in specs.values()
-         for shape, dtype in group_specs])
+        tf.TensorSpec([], tf.string), [tf.TensorSpec(v.shape, v.dtype) for v in flat])
 
 
 def _describe_state(state):

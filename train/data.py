@@ -19,7 +19,8 @@ Invariants (other modules and the resume tests rely on them):
   per-epoch table seeded by (seed, epoch) and indexed by example, i.e. a pure function of
   (seed, epoch, example index): no RNG state in checkpoints, identical after resume.
 * Examples. A split is loaded once into host memory (uint8; decoded once per machine,
-  train.split_cache) and batches are gathered by index, so this suits datasets that fit in host memory (CIFAR, MNIST, shapes10 ...).
+  train.split_cache) and batches are gathered by index, so this suits datasets that fit
+  in host memory (CIFAR, MNIST, shapes10 ...).
   Images come out float32 in [0, 1], labels int32. `synthetic` has no files: each example
   is computed from its index (see train.datasets), so it is deterministic too.
 """

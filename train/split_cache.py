@@ -35,8 +35,8 @@ def cache_dir():
 
 def fingerprint(dataset_dir, split):
     """Names the cache file: changes whenever any file of the prepared dataset does."""
-    entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                     for e in os.scandir(dataset_dir) if e.is_file())
+    entries = sorted((e.name, st.st_size, st.st_mtime_ns)
+                     for e in os.scandir(dataset_dir) if e.is_file() for st in [e.stat()])
     text = json.dumps([os.path.abspath(dataset_dir), split, entries])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
