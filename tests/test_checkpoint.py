@@ -313,6 +313,21 @@ def test_damage_falls_back_with_a_warning(ckdir, two_saved, caplog, damage, expe
     assert_values(state, two_saved[expected])
 
 
+def test_training_goes_on_through_the_step_of_a_damaged_checkpoint(ckdir, two_saved):
+    _truncate_data(os.path.join(ckdir, "ckpt-00000002"))
+    state = tiny_state()
+    with manager(ckdir, state) as m:
+        assert m.restore() == 1
+        with open(os.path.join(ckdir, "latest")) as f:
+            assert f.read() == "ckpt-00000001\n"  # names what this run resumed from
+        fill(state, seed=9)
+        m.save(2)  # replaces the damaged ckpt-2 instead of refusing
+    restored = tiny_state()
+    with manager(ckdir, restored) as m:
+        assert m.restore() == 2
+    assert_values(restored, values(state))
+
+
 def test_pointer_to_a_deleted_checkpoint_falls_back(ckdir, two_saved, caplog):
     shutil.rmtree(os.path.join(ckdir, "ckpt-00000002"))
     state = tiny_state()

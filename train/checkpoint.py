@@ -216,6 +216,10 @@ class CheckpointManager:
         except (tf.errors.OpError, AssertionError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} could not be restored: "
                                   f"{cf.describe(exc)[:300]}") from exc
+        if step is None and self.is_chief and cf.read_pointer(self.directory)[0] != name:
+            # Fell back past a damaged one: `latest` names what a resume uses, so that a
+            # save at the damaged one's step replaces it (checkpoint_files.install).
+            cf.replace_text_durably(self.directory, cf.POINTER, name + "\n")
         self._last_step = manifest["step"]
         return manifest["step"]
 
