@@ -107,7 +107,7 @@ def measure_config(opts, model, batch):
     workdir = os.path.join(opts.scratch, f"checkpoint-{model}-{batch}")
     config = harness.make_config(workdir=workdir, model=model, batch_size=batch,
                                  dataset=opts.dataset, data_dir=opts.data_dir)
-    train_run.setup_numerics(config)
+    config = train_run.setup_numerics(config)
     backend = distribute.create("default")
     info = data.dataset_info(opts.dataset, opts.data_dir)
     parts = harness.build_harness(config, backend, info)

@@ -96,8 +96,9 @@ def build_parser():
         "host without GPUs, as many logical CPU devices as usable CPUs, at least 2)")
     add("--steps-per-call", type=_ints, help="throughput: harness variants' steps per "
         "compiled call (default 10,1; 10 with --quick)")
-    add("--precisions", type=_names, help="throughput: harness variants' --precision "
-        "(default fp32,mixed_bfloat16; fp32 with --quick); Keras fit stays float32")
+    add("--precisions", type=_names, help="throughput: extra harness variants at these "
+        "--precision values, besides the default's (default fp32,mixed_bfloat16; none with "
+        "--quick); Keras fit stays float32")
     add("--intervals", type=_ints, help="checkpoint: save every N steps (default 1,10,100; "
         "1,10 with --quick)")
     add("--trials", type=_positive, help="resume: trials per kill kind (default 3; 1 with --quick)")
@@ -132,7 +133,7 @@ def resolve(args, scratch):
         sizes=sizes, strategies=args.strategies,
         replicas=args.replicas or _default_replicas(),
         steps_per_call=args.steps_per_call or ((10,) if quick else (10, 1)),
-        precisions=args.precisions or (("fp32",) if quick else ("fp32", "mixed_bfloat16")),
+        precisions=args.precisions or (() if quick else ("fp32", "mixed_bfloat16")),
         intervals=args.intervals or ((1, 10) if quick else (1, 10, 100)),
         trials=args.trials or (1 if quick else 3), workers=args.workers or (1, 2),
         scratch=scratch)

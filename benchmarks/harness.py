@@ -114,13 +114,17 @@ def trainer_steps(parts, steps, iterator=None, steps_per_call=None):
 
 def build_keras(config, backend, info):
     """The seed's model.compile under the same strategy; the same pipeline for fit."""
+    from train import export
+
     keras.utils.set_random_seed(config.seed)  # the harness model's initial weights too
-    with backend.strategy.scope():
+    # float32 whatever the harness runs in: the seed's model, as plain Keras builds it.
+    with backend.strategy.scope(), export.dtype_policy_scope("float32"):
         model = models.build(config.model, info.image_shape, info.num_classes)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     dataset = data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
-                                 seed=config.seed, start_step=0, augment=config.augment)
+                                 seed=config.seed, start_step=0, augment=config.augment,
+                                 float_images=True)  # fit feeds the model directly
     return model, dataset
 
 

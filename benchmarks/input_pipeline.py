@@ -45,7 +45,7 @@ def measure_config(opts, model, batch):
     with tempfile.TemporaryDirectory(prefix="bench-input-", dir=opts.scratch) as workdir:
         config = harness.make_config(workdir=workdir, model=model, batch_size=batch,
                                      dataset=opts.dataset, data_dir=opts.data_dir)
-        train_run.setup_numerics(config)
+        config = train_run.setup_numerics(config)
         backend = distribute.create("default")
         info = data.dataset_info(opts.dataset, opts.data_dir)
         cached = harness.harness_dataset_fn(config, info, lambda ds: ds.take(1).cache().repeat())

@@ -65,6 +65,8 @@ def machine_info(quick=False):
     import keras
     import tensorflow as tf
 
+    from train import precision
+
     gflops = matmul_gflops(n=512 if quick else 1024, reps=3 if quick else 5)
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {
@@ -77,6 +79,8 @@ def machine_info(quick=False):
         "keras_version": keras.__version__,
         "python_version": sys.version.split()[0],
         "platform": platform.platform(),
+        "default_precision": precision.resolve(precision.AUTO),
+        "bfloat16_units": precision.bfloat16_units()[1],
         "matmul_gflops": round(gflops["median"], 1),
         "matmul_gflops_jitter": round(gflops["jitter"], 1),
         "matmul_size": 512 if quick else 1024,
@@ -90,4 +94,6 @@ def describe(machine):
         f"({machine['usable_cpus']} CPUs)"
     return (f"{device}; TensorFlow {machine['tensorflow_version']}, Keras "
             f"{machine['keras_version']}; matmul {machine['matmul_gflops']:.0f} GFLOP/s "
-            f"(same run); load average at start {machine['load_average_at_start'][0]:.1f}")
+            f"(same run); default precision {machine.get('default_precision', 'fp32')} "
+            f"({machine.get('bfloat16_units', '')}); load average at start "
+            f"{machine['load_average_at_start'][0]:.1f}")

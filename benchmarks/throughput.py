@@ -6,11 +6,14 @@ the same global batch:
 
   keras_fit      model.compile(Adam, sparse CE, accuracy) + model.fit(verbose=0), the
                  seed's way; timed from batch ends inside fit (warmup excluded)
-  harness        the real Controller + Trainer with --steps-per-call 10 (the default)
+  harness        the real Controller + Trainer with default settings: --steps-per-call 10,
+                 --precision auto (mixed_bfloat16 where there are bfloat16 matrix units,
+                 train.precision; the `precision` column says what it resolved to)
   harness_spc1   the same with --steps-per-call 1 (full runs): one step per compiled call,
                  like fit, to tell the loop's cost from the gain of multi-step calls
-  harness_bfloat16  the harness with --precision mixed_bfloat16 (full runs; fit stays
-                 float32, the seed's default): the gain of bfloat16 units (AMX, Ampere+)
+  harness_fp32   the harness at another --precision than the default's (full runs; also
+  harness_bfloat16  _bfloat16): fp32 is the like-for-like comparison with fit, which
+                 stays float32, the seed's default
 
 The default strategy runs in this process; `mirrored` with N logical CPUs (or GPUs) runs
 in a child process per configuration (benchmarks.child), fit and harness interleaved
@@ -63,7 +66,7 @@ def _one_config(opts, machine, model, batch, strategy, replicas):
 
 
 def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_list,
-                   matmul_gflops, precisions=("fp32",)):
+                   matmul_gflops, precisions=()):
     """Rows for fit and harness variants of one configuration, measured interleaved."""
     import keras
 
@@ -71,22 +74,25 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as workdir:
         make = functools.partial(_build, backend=backend, workdir=workdir, model=model,
                                  batch_size=batch_size, dataset=dataset, data_dir=data_dir)
-        parts = make()
+        parts = make()  # default settings
+        default_precision = parts.config.precision  # resolved
         keras_model, keras_data = harness.build_keras(parts.config, backend, parts.info)
         harness.warm_up(parts, keras_model, keras_data, sizes.warmup)
         variants = {"keras_fit": lambda: harness.fit_window(
             keras_model, keras_data, sizes.steps, sizes.rewarm)}
         kinds = {"keras_fit": (1, "fp32")}  # fit's default steps_per_execution, as the seed
         for spc in spc_list:
-            kinds[_harness_name(spc, "fp32")] = (spc, "fp32")
-            variants[_harness_name(spc, "fp32")] = (
-                lambda spc=spc: harness.controller_window(parts, sizes.steps, spc))
-        for precision in (p for p in precisions if p != "fp32"):
+            name = "harness" if spc == 10 else f"harness_spc{spc}"
+            kinds[name] = (spc, default_precision)
+            variants[name] = lambda spc=spc: harness.controller_window(parts, sizes.steps, spc)
+        for precision in dict.fromkeys(resolve(p) for p in precisions):
+            if precision == default_precision:
+                continue  # that is `harness`
             other = make(precision=precision)
             harness.warm_up(other, None, None, sizes.warmup)
-            kinds[_harness_name(10, precision)] = (10, precision)
-            variants[_harness_name(10, precision)] = (
-                lambda other=other: harness.controller_window(other, sizes.steps, 10))
+            name = f"harness_{precision.removeprefix('mixed_')}"
+            kinds[name] = (10, precision)
+            variants[name] = lambda other=other: harness.controller_window(other, sizes.steps, 10)
         times, usage = measure.interleave(variants, sizes.reps, measure.ResourceSampler)
         per_image = flops.training_flops_per_image(keras_model)
     keras.backend.clear_session()
@@ -98,7 +104,13 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
             for name in variants]
 
 
-def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision="fp32"):
+def resolve(precision):
+    from train import precision as precisions
+
+    return precisions.resolve(precision)
+
+
+def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision="auto"):
     """Harness parts under `precision`; the global policy is float32 again afterwards, so
     the Keras fit model (built later) is the seed's float32 one."""
     import keras
@@ -107,16 +119,11 @@ def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision=
 
     config = harness.make_config(workdir=workdir, model=model, batch_size=batch_size,
                                  dataset=dataset, data_dir=data_dir, precision=precision)
-    train_run.setup_numerics(config)  # same seed: same initial weights on every side
+    config = train_run.setup_numerics(config)  # same seed: same initial weights on every side
     try:
         return harness.build_harness(config, backend, data.dataset_info(dataset, data_dir))
     finally:
         keras.mixed_precision.set_global_policy("float32")
-
-
-def _harness_name(spc, precision):
-    name = "harness" if spc == 10 else f"harness_spc{spc}"
-    return name if precision == "fp32" else f"{name}_{precision.removeprefix('mixed_')}"
 
 
 def _row(base, name, kind, times, usage, matmul_gflops):

@@ -120,9 +120,13 @@ def test_training_batches_follow_the_index_stream(shapes_dir):
     indices = _indices(info, 64, seed=1)
     images, labels = data._load_split("shapes10", shapes_dir, "train")
     np.testing.assert_array_equal(y, labels.numpy()[indices])
-    np.testing.assert_allclose(x, images.numpy()[indices] / 255.0, rtol=1e-6)
-    assert x.dtype == np.float32 and y.dtype == np.int32
-    assert x.min() >= 0.0 and x.max() <= 1.0
+    np.testing.assert_array_equal(x, images.numpy()[indices])  # uint8, as stored
+    assert x.dtype == np.uint8 and y.dtype == np.int32
+    (fx, fy), = _batches(info, shapes_dir, 1, global_batch_size=64, seed=1, start_step=0,
+                         augment=False, float_images=True)
+    np.testing.assert_array_equal(fy, y)
+    np.testing.assert_allclose(fx, x / 255.0, rtol=1e-6)
+    assert fx.dtype == np.float32 and fx.min() >= 0.0 and fx.max() <= 1.0
 
 
 def test_augmentation_is_a_padded_crop_or_flip(shapes_dir):

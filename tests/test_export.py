@@ -97,8 +97,10 @@ def workdir(tmp_path_factory, small_data_dir):
     info = data.dataset_info("shapes10", data_dir)
     identity = {"model": "cnn", "dataset": "shapes10", "image_shape": list(info.image_shape),
                 "num_classes": info.num_classes}
+    # precision as train.run records it: resolved, here float32 (the policy of this test).
     config = {**TrainConfig(workdir=path).to_json(), "data_dir": data_dir, "batch_size": 32,
-              "steps": 4, "learning_rate": 3e-3, **identity, "total_steps": 4}
+              "steps": 4, "learning_rate": 3e-3, "precision": "fp32", **identity,
+              "total_steps": 4}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     keras.utils.set_random_seed(1)
@@ -107,7 +109,7 @@ def workdir(tmp_path_factory, small_data_dir):
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
     batches = iter(data.train_dataset(info, data_dir, global_batch_size=32, seed=0,
-                                      start_step=0, augment=False))
+                                      start_step=0, augment=False, float_images=True))
     with checkpoint.CheckpointManager(
             directory=os.path.join(path, "checkpoints"), is_chief=True,
             state={"model": model.variables, "optimizer": optimizer.variables,
@@ -118,9 +120,11 @@ def workdir(tmp_path_factory, small_data_dir):
             manager.save(n)
             if n == 2:
                 at_2 = export.evaluate(export.make_predict_fn(model),
-                                       data.eval_dataset(info, data_dir, global_batch_size=100))
+                                       data.eval_dataset(info, data_dir, global_batch_size=100,
+                                                         float_images=True))
     final = export.evaluate(export.make_predict_fn(model),
-                            data.eval_dataset(info, data_dir, global_batch_size=100))
+                            data.eval_dataset(info, data_dir, global_batch_size=100,
+                                                         float_images=True))
     return types.SimpleNamespace(path=path, data_dir=data_dir, at_2=at_2, final=final)
 
 

@@ -292,3 +292,12 @@ def test_resume_row_without_a_checkpoint_after_an_earlier_process(tmp_path):
     write_rows(tmp_path / "metrics.jsonl", loss(5))  # it crashed before its first save
     row = resume_row(tmp_path, None)
     assert (row["restored_step"], row["steps_lost"]) == (0, 5)
+
+
+def test_resume_row_after_a_process_killed_before_its_resume_row(tmp_path):
+    """That process wrote its start row, ran a step, and died before logging anything:
+    it logged nothing, so the steps the one before it logged are not charged to it."""
+    write_rows(tmp_path / "metrics.jsonl", {"event": "start", "step": 0}, loss(10), loss(16),
+               {"event": "start", "step": 10})
+    row = resume_row(tmp_path, 10)
+    assert (row["restored_step"], row["steps_lost"], row["previous_end"]) == (10, 0, "crashed")

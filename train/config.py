@@ -18,7 +18,7 @@ from train.errors import UsageError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
-PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "fp32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class TrainConfig:
     log_every: int = 100
     seed: int = 0
     deterministic: bool = False
-    precision: str = "fp32"
+    precision: str = "auto"
     jit_compile: bool = False
     init_from: Optional[str] = None
     preemption_signals: tuple = ("SIGTERM", "SIGUSR1")
@@ -86,7 +86,9 @@ HELP = {
     "seed": "seed for initialisation, data order and augmentation",
     "deterministic": "bitwise-reproducible run: seeds everything and enables "
                      "tf.config.experimental.enable_op_determinism",
-    "precision": f"one of {', '.join(PRECISIONS)}; mixed_float16 uses dynamic loss scaling",
+    "precision": f"one of {', '.join(PRECISIONS)}; auto: mixed_bfloat16 on hardware with "
+                 "bfloat16 matrix units (AMX CPUs, Ampere+ GPUs), else fp32; mixed_float16 "
+                 "uses dynamic loss scaling",
     "jit_compile": "compile the train step with XLA",
     "init_from": "start a new run from a whole-model file (model.keras): weights and optimizer",
     "preemption_signals": "comma-separated signals that request a save and exit 42",

@@ -61,9 +61,13 @@ class Controller:
         if step >= schedule.total_steps and self.on_first_step is not None:
             self.on_first_step()  # a finished run, rerun: the resume is all there is to do
             self.on_first_step = None
+        first_call = True
         while step < schedule.total_steps:
-            # Right after a resume, one step alone: time-to-resume ends at the first step.
-            n = 1 if self.on_first_step is not None else schedule.steps_until_boundary(step)
+            # The first step alone: time-to-resume ends at the first step. Every process
+            # does it, resumed or not, because every worker must run the same steps per
+            # call (collectives), and only the chief knows whether this is a resume.
+            n = 1 if first_call else schedule.steps_until_boundary(step)
+            first_call = False
             sums = self.trainer.train(self.iterator, n)
             returned = time.monotonic()
             step = int(self.trainer.step.numpy())

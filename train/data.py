@@ -21,8 +21,12 @@ Invariants (other modules and the resume tests rely on them):
 * Examples. A split is loaded once into host memory (uint8; decoded once per machine,
   train.split_cache) and batches are gathered by index, so this suits datasets that fit
   in host memory (CIFAR, MNIST, shapes10 ...).
-  Images come out float32 in [0, 1], labels int32. `synthetic` has no files: each example
-  is computed from its index (see train.datasets), so it is deterministic too.
+  Images come out uint8 as stored, labels int32: a quarter of the bytes of float32 to
+  batch, prefetch and copy to the devices. The model takes float32 in [0, 1]; `to_float`
+  makes that, and the trainer calls it inside its compiled step, on the device (pass
+  float_images=True for a pipeline that feeds a model directly, e.g. Keras `fit`).
+  `synthetic` has no files: each example is computed from its index (see
+  train.datasets), so it is deterministic too.
 """
 
 import dataclasses
@@ -43,6 +47,9 @@ PAD = 4  # CIFAR-standard crop padding
 _SPAN = 2 * PAD + 1  # possible crop offsets per axis
 _AUG_CODES = 2 * _SPAN * _SPAN  # one int encodes (flip, dx, dy)
 _SPLITS = {}  # (name, data_dir, split) -> (images uint8, labels int32), loaded once
+# The functions given to tf.data are straight-line TF code: autograph's source conversion
+# of them would only cost start-up time (~0.15 s, on every start and every resume).
+_no_autograph = tf.autograph.experimental.do_not_convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +193,7 @@ def _stream(info, seed, start_example, worker_index, num_workers):
     """Infinite dataset of (example index, augmentation code), from `start_example` on."""
     start_epoch, offset = divmod(int(start_example), _per_worker(info, num_workers))
 
+    @_no_autograph
     def epoch_elements(epoch):
         shard = _epoch_shard(info.num_train, seed, epoch, worker_index, num_workers)
         shard = shard[tf.where(epoch == start_epoch, offset, 0):]  # skip what was consumed
@@ -200,7 +208,7 @@ def example_indices(info, *, seed, start_example: int, worker_index: int = 0,
     """The index stream the training pipeline maps to examples (scalar int64 elements),
     for worker `worker_index` of `num_workers`, after its first `start_example` examples."""
     return _stream(info, seed, start_example, worker_index, num_workers).map(
-        lambda index, code: index)
+        _no_autograph(lambda index, code: index))
 
 
 def position(info: DatasetInfo, *, step: int, global_batch_size: int,
@@ -228,8 +236,9 @@ def _augment(images, codes):
     return tf.gather(out, dx[:, None] + cols, axis=2, batch_dims=1)
 
 
-def _to_float(images):
-    return tf.cast(images, tf.float32) / 255.0  # uint8 until here: 4x less to gather
+def to_float(images):
+    """uint8 images as stored -> float32 in [0, 1], what the models take."""
+    return tf.cast(images, tf.float32) / 255.0
 
 
 def _sharding(global_batch_size, input_context):
@@ -260,16 +269,19 @@ def _options():
 def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: int,
                   start_step: int, augment: bool,
                   input_context: tf.distribute.InputContext | None = None,
-                  with_indices: bool = False) -> tf.data.Dataset:
-    """Infinite training batches (float32 images in [0, 1], int32 labels) from `start_step` on;
-    with_indices: (images, labels, int64 example indices), for tests (train.loop's hook)."""
+                  with_indices: bool = False, float_images: bool = False) -> tf.data.Dataset:
+    """Infinite training batches (uint8 images, int32 labels) from `start_step` on;
+    with_indices: (images, labels, int64 example indices), for tests (train.loop's hook);
+    float_images: images as float32 in [0, 1] (to_float in the pipeline)."""
     worker, workers, batch = _sharding(global_batch_size, input_context)
     start_example = start_step * (global_batch_size // workers)
     source = _batch_source(info, data_dir, training=True)
 
+    @_no_autograph
     def make_batch(indices, codes):
         images, labels = source(indices)
-        images = _to_float(_augment(images, codes) if augment else images)
+        images = _augment(images, codes) if augment else images
+        images = to_float(images) if float_images else images
         return (images, labels, indices) if with_indices else (images, labels)
 
     ds = _stream(info, seed, start_example, worker, workers)
@@ -279,14 +291,16 @@ def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: 
 
 
 def eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
-                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                 input_context: tf.distribute.InputContext | None = None,
+                 float_images: bool = False) -> tf.data.Dataset:
     """The whole test split once, in order, sharded by worker; the last partial batch kept."""
     worker, workers, batch = _sharding(global_batch_size, input_context)
     source = _batch_source(info, data_dir, training=False)
 
+    @_no_autograph
     def make_batch(indices):
         images, labels = source(indices)
-        return _to_float(images), labels
+        return (to_float(images) if float_images else images), labels
 
     ds = tf.data.Dataset.range(worker, info.num_test, workers)
     ds = ds.batch(batch, drop_remainder=False)
@@ -309,9 +323,10 @@ def padded_eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
     per_worker = -(-info.num_test // workers)
     padded = -(-per_worker // (batch * local_replicas)) * batch * local_replicas
 
+    @_no_autograph
     def make_batch(indices):
         images, labels = source(tf.maximum(indices, 0))
-        return _to_float(images), labels, tf.cast(indices >= 0, tf.float32)
+        return images, labels, tf.cast(indices >= 0, tf.float32)
 
     real = tf.data.Dataset.range(worker, info.num_test, workers)
     count = len(range(worker, info.num_test, workers))

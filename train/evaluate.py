@@ -134,7 +134,8 @@ def run_eval(args):
         source = os.path.basename(os.path.normpath(path))
     check_fits(model, info, path)
     result = export.evaluate(export.make_predict_fn(model),
-                             data.eval_dataset(info, data_dir, global_batch_size=args.batch_size))
+                             data.eval_dataset(info, data_dir, global_batch_size=args.batch_size,
+                                               float_images=True))
     return {"source": source, "path": path, **({"step": step} if step is not None else {}),
             "dataset": dataset, "split": args.split, **result}
 
@@ -281,13 +282,14 @@ def restore_checkpoint(workdir, *, step=None):
     """
     import tensorflow as tf
 
-    from train import checkpoint, export, models, optimizers
+    from train import checkpoint, export, models, optimizers, precision
 
     config = read_run_config(workdir)
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     identity = _identity(config)
     train_config = _train_config(config)
-    policy = {"fp32": "float32"}.get(train_config.precision, train_config.precision)
+    resolved = precision.resolve(train_config.precision)  # "auto" only in hand-made configs
+    policy = {"fp32": "float32"}.get(resolved, resolved)
     with export.dtype_policy_scope(policy):  # as train.run built it
         model = models.build(identity["model"], identity["image_shape"],
                              identity["num_classes"])

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from train import checkpoint, data, distribute, models, optimizers
+from train import checkpoint, data, distribute, models, optimizers, precision
 from train.controller import Controller, Schedule
 from train.errors import UsageError
 from train.loop import RECORD_INDICES_ENV, Trainer
@@ -63,11 +63,15 @@ def write_run_config(workdir, config, identity, steps):
 
 
 def setup_numerics(config):
+    """Seeds, determinism and the dtype policy; returns config with its precision
+    resolved (train.precision: `auto` becomes what this machine's devices do best)."""
+    config = dataclasses.replace(config, precision=precision.resolve(config.precision))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = {"fp32": "float32"}.get(config.precision, config.precision)
     keras.mixed_precision.set_global_policy(policy)
+    return config
 
 
 def build_state(config, backend, info, steps):
@@ -93,7 +97,7 @@ def _run(config, watcher):
     backend = distribute.create(config.strategy, replicas=config.replicas,
                                 fp16_allreduce=config.horovod_fp16_allreduce)
     watcher.install()  # again: the backend may have taken SIGTERM (train.preemption, Lifetime)
-    setup_numerics(config)
+    config = setup_numerics(config)
     info, steps, identity = check_inputs(config, backend)
     model, optimizer = build_state(config, backend, info, steps)
     trainer = Trainer(backend=backend, model=model, optimizer=optimizer,
@@ -191,13 +195,17 @@ def _train(parts, start, restored):
                         eval_every=config.eval_every)
     monitor.print_line(f"harness-train  {backend.describe()}  model={config.model}  "
                        f"dataset={config.dataset}  global_batch={config.batch_size}  "
+                       f"precision={config.precision}  "
                        f"steps={start}->{schedule.total_steps}")
+    on_first_step = (resume_reporter(monitor, config.workdir, restored)
+                     if backend.is_chief else None)  # the chief's rows say it for all
+    monitor.write({"event": "start", "step": start})  # this process's rows begin here
     controller = Controller(
         trainer=trainer, schedule=schedule, checkpoints=parts.manager, monitor=monitor,
         watcher=parts.watcher, iterator=iterator, evaluate=lambda: trainer.evaluate(eval_dataset),
         epoch_of=lambda step: step * config.batch_size / info.num_train,
         learning_rate_of=lambda step: optimizers.learning_rate_at(trainer.optimizer, step),
-        on_first_step=resume_reporter(monitor, config.workdir, restored))
+        on_first_step=on_first_step)
     final = controller.run(start)
     # Every worker prints the digest: equal digests across workers and across an
     # interrupted and an uninterrupted run are the bitwise-exactness check.
@@ -239,14 +247,17 @@ def previous_process(path):
     """(last logged train step or None, "preempted" | "finished" | "crashed") of the
     process that wrote the last rows of metrics.jsonl; None if there are no rows.
 
-    Each process that follows another writes a `resume` row first, so the previous
-    process's rows are those after the last `resume` row (or all, if there is none).
+    Each process writes a `start` row before its first step, so the previous process's
+    rows are those after the last `start` row (or `resume` row, in logs written before
+    there were `start` rows; or all, if there is neither). A process killed between its
+    first step and its `resume` row thus counts as having logged nothing, not as the
+    process before it.
     """
     last = end = None
     seen = False
     for row in _rows(path):
         seen = True
-        if row.get("event") == "resume":
+        if row.get("event") in ("start", "resume"):
             last = end = None
         elif "loss" in row and "step" in row:
             last = row["step"]
