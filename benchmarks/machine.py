@@ -67,6 +67,7 @@ def machine_info(quick=False):
 
     from train import precision
 
+    default_precision, why = precision.auto()
     gflops = matmul_gflops(n=512 if quick else 1024, reps=3 if quick else 5)
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {
@@ -79,8 +80,8 @@ def machine_info(quick=False):
         "keras_version": keras.__version__,
         "python_version": sys.version.split()[0],
         "platform": platform.platform(),
-        "default_precision": precision.resolve(precision.AUTO),
-        "bfloat16_units": precision.bfloat16_units()[1],
+        "default_precision": default_precision,
+        "bfloat16_units": why,
         "matmul_gflops": round(gflops["median"], 1),
         "matmul_gflops_jitter": round(gflops["jitter"], 1),
         "matmul_size": 512 if quick else 1024,

@@ -20,8 +20,8 @@ Every configuration (strategy, replicas) runs in a child process of its own
 needs a fresh process, and the default strategy gets one too, so that `default` and
 `mirrored` rows come from processes set up alike (measured in the parent, the default
 strategy came out 16% faster than mirrored with one replica, and the two processes'
-`fit` differed by 3.5%; each in a child: 4.9%, `fit` equal). ratio_vs_keras_fit is the median of per-repetition ratios (each pair ran
-back to back). Compute efficiency = images/sec x training FLOPs per image (counted from
+`fit` differed by 3.5%; each in a child: 4.9%, `fit` equal). ratio_vs_keras_fit is the
+median of per-repetition ratios (each pair ran back to back). Compute efficiency = images/sec x training FLOPs per image (counted from
 the layers, benchmarks.flops) / the same-run matmul FLOP/s.
 """
 
@@ -69,6 +69,8 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
     """Rows for fit and harness variants of one configuration, measured interleaved."""
     import keras
 
+    from train.precision import resolve as resolve_precision
+
     sizes = measure.Sizes(**sizes)
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as workdir:
         make = functools.partial(_build, backend=backend, workdir=workdir, model=model,
@@ -84,7 +86,7 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
             name = "harness" if spc == 10 else f"harness_spc{spc}"
             kinds[name] = (spc, default_precision)
             variants[name] = lambda spc=spc: harness.controller_window(parts, sizes.steps, spc)
-        for precision in dict.fromkeys(resolve(p) for p in precisions):
+        for precision in dict.fromkeys(resolve_precision(p) for p in precisions):
             if precision == default_precision:
                 continue  # that is `harness`
             other = make(precision=precision)
@@ -103,15 +105,9 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
             for name in variants]
 
 
-def resolve(precision):
-    from train import precision as precisions
-
-    return precisions.resolve(precision)
-
-
 def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision="auto"):
-    """Harness parts under `precision`; the global policy is float32 again afterwards, so
-    the Keras fit model (built later) is the seed's float32 one."""
+    """Harness parts under `precision`; the global dtype policy is float32 again afterwards
+    (harness.build_keras builds the fit model under float32 either way)."""
     import keras
 
     from train import data, run as train_run

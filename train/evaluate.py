@@ -288,9 +288,8 @@ def restore_checkpoint(workdir, *, step=None):
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     identity = _identity(config)
     train_config = _train_config(config)
-    resolved = precision.resolve(train_config.precision)  # "auto" only in hand-made configs
-    policy = {"fp32": "float32"}.get(resolved, resolved)
-    with export.dtype_policy_scope(policy):  # as train.run built it
+    # train.run records the resolved precision; "auto" comes only from hand-made configs.
+    with export.dtype_policy_scope(precision.keras_policy(train_config.precision)):
         model = models.build(identity["model"], identity["image_shape"],
                              identity["num_classes"])
     optimizer = optimizers.build(train_config, total_steps=config.get("total_steps") or 1)

@@ -24,9 +24,19 @@ CPUINFO = "/proc/cpuinfo"
 
 def resolve(requested: str) -> str:
     """The precision to use for a --precision value; only `auto` is decided here."""
-    if requested != AUTO:
-        return requested
-    return BFLOAT16 if bfloat16_units()[0] else FP32
+    return requested if requested != AUTO else auto()[0]
+
+
+def auto() -> tuple[str, str]:
+    """(what `auto` means on this machine, why)."""
+    has_units, why = bfloat16_units()
+    return (BFLOAT16 if has_units else FP32), why
+
+
+def keras_policy(requested: str) -> str:
+    """The Keras dtype policy that runs a --precision value."""
+    resolved = resolve(requested)
+    return "float32" if resolved == FP32 else resolved
 
 
 def bfloat16_units() -> tuple[bool, str]:

@@ -69,8 +69,7 @@ def setup_numerics(config):
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    policy = {"fp32": "float32"}.get(config.precision, config.precision)
-    keras.mixed_precision.set_global_policy(policy)
+    keras.mixed_precision.set_global_policy(precision.keras_policy(config.precision))
     return config
 
 
