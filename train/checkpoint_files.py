@@ -285,17 +285,28 @@ def find_latest(directory, check, warn):
                           "refusing to start from scratch: move it away to start over")
 
 
-def read_manifests(directory):
+def read_manifests(directory, cache=None):
     """{name: manifest, or None if damaged}; checkpoints of a newer format are left out,
-    so that retention never deletes what it cannot read."""
+    so that retention never deletes what it cannot read.
+
+    `cache` ({name: manifest or None}, kept by the caller) saves reading a manifest again:
+    an installed checkpoint never changes, except when install() replaces it, and the
+    caller then drops that name from the cache.
+    """
     found = {}
     for step, name in list_checkpoints(directory).items():
+        if cache is not None and name in cache:
+            found[name] = cache[name]
+            continue
         try:
             found[name] = load_manifest(os.path.join(directory, name), step)
         except Damaged:
             found[name] = None
         except CheckpointError:
             continue
+    if cache is not None:
+        cache.clear()
+        cache.update(found)
     return found
 
 
@@ -312,8 +323,8 @@ def intact_steps(directory):
     return sorted(steps)
 
 
-def apply_retention(directory, *, keep, current, fault, warn):
-    for name in doomed(read_manifests(directory), keep=keep, current=current):
+def apply_retention(directory, *, keep, current, fault, warn, cache=None):
+    for name in doomed(read_manifests(directory, cache), keep=keep, current=current):
         try:
             remove_dir(directory, name, fault=fault)
         except OSError as exc:  # the save itself succeeded: warn, do not fail training
