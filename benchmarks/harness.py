@@ -56,7 +56,7 @@ def build_harness(config, backend, info, dataset_fn=None):
     watcher = PreemptionWatcher(signal_names=())  # never installed: the flag stays 0
     trainer = Trainer(backend=backend, model=model, optimizer=optimizer,
                       global_batch_size=config.batch_size, stop_flag=watcher.flag,
-                      jit_compile=config.jit_compile)
+                      augment=config.augment, jit_compile=config.jit_compile)
     dataset_fn = dataset_fn or harness_dataset_fn(config, info)
     iterator = iter(backend.distribute_dataset(dataset_fn))
     return HarnessParts(config, backend, info, trainer, iterator, watcher)
@@ -66,8 +66,8 @@ def harness_dataset_fn(config, info, transform=None):
     """train.run's dataset_fn; `transform` (e.g. cache one batch) applies on top."""
     def dataset_fn(input_context):
         ds = data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
-                                seed=config.seed, start_step=0, augment=config.augment,
-                                input_context=input_context)
+                                seed=config.seed, start_step=0, augment=False,
+                                with_codes=config.augment, input_context=input_context)
         return transform(ds) if transform else ds
     return dataset_fn
 

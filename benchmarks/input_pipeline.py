@@ -1,13 +1,19 @@
 """`input`: each training pipeline alone, against the rate training consumes.
 
 Pipelines: train.data.train_dataset for the chosen dataset and `synthetic`, each with
-and without augmentation (crop + flip). Variants, interleaved in one process:
+and without augmentation (crop + flip), as the trainer uses them: with augmentation the
+pipeline carries per-example codes and the trainer augments inside its compiled step
+(train.loop). Variants, interleaved in one process:
 
-  pipe:<p>      the pipeline alone: batches pulled inside a tf.function (as the trainer
-                pulls them), no model
-  train:<p>     harness training (Trainer, default steps per call) fed by pipeline <p>
-  train:none    the same training fed one cached batch repeated
-                (`take(1).cache().repeat()`): the rate if input were free
+  pipe:<p>         the pipeline alone: batches pulled inside a tf.function (as the trainer
+                   pulls them), no model
+  train:<p>        harness training (Trainer, default steps per call) fed by pipeline <p>
+  train:none[+augment]   the same training fed one cached batch repeated
+                   (`take(1).cache().repeat()`): the rate if input were free; +augment
+                   still augments in the step, so it differs from train:<p>+augment by
+                   the input alone
+  train:<dataset>+augment@pipeline   the alternative: augmentation in tf.data, the trainer
+                   not augmenting (reported beside the +augment row)
 
 headroom = pipeline images/sec / no-input training images/sec (> 1: the pipeline alone
 outruns training). input_wait_fraction = (t_train:<p> - t_train:none) / t_train:<p>, per
@@ -37,7 +43,6 @@ def _label(dataset, augment):
 
 def measure_config(opts, model, batch):
     import keras
-    import tensorflow as tf
 
     from train import data, distribute, run as train_run
 
@@ -48,24 +53,57 @@ def measure_config(opts, model, batch):
         config = train_run.setup_numerics(config)
         backend = distribute.create("default")
         info = data.dataset_info(opts.dataset, opts.data_dir)
-        cached = harness.harness_dataset_fn(config, info, lambda ds: ds.take(1).cache().repeat())
-        parts = harness.build_harness(config, backend, info, dataset_fn=cached)
-        drain = _drain_function(tf)
-        variants = {"train:none": lambda: harness.trainer_steps(parts, sizes.steps)}
+        parts = {augment: _cached_harness(config, augment, backend, info)
+                 for augment in (False, True)}
+        drain = _drain_function()
+        variants = {_none(augment): lambda p=p: harness.trainer_steps(p, sizes.steps)
+                    for augment, p in parts.items()}
         for name, augment in pipelines(opts.dataset):
             label = _label(name, augment)
             pipe_it, train_it = _iterators(config, backend, name, augment, opts.data_dir)
             variants[f"pipe:{label}"] = lambda it=pipe_it: _timed(drain, it, sizes.steps)
-            variants[f"train:{label}"] = (
-                lambda it=train_it: harness.trainer_steps(parts, sizes.steps, iterator=it))
+            variants[f"train:{label}"] = (lambda it=train_it, p=parts[augment]:
+                                          harness.trainer_steps(p, sizes.steps, iterator=it))
             _timed(drain, pipe_it, sizes.warmup)  # trace, fill the prefetch buffers
-            harness.trainer_steps(parts, sizes.warmup, iterator=train_it)
-        harness.trainer_steps(parts, sizes.warmup)
+            harness.trainer_steps(parts[augment], sizes.warmup, iterator=train_it)
+        in_pipeline = iter(backend.distribute_dataset(_pipeline_augmented(config, info)))
+        variants[PIPELINE_AUGMENT] = lambda: harness.trainer_steps(
+            parts[False], sizes.steps, iterator=in_pipeline)
+        for p in parts.values():
+            harness.trainer_steps(p, sizes.warmup)
+        harness.trainer_steps(parts[False], sizes.warmup, iterator=in_pipeline)
         times, usage = measure.interleave(variants, sizes.reps, measure.ResourceSampler)
     keras.backend.clear_session()
     base = dict(benchmark="input", model=model, batch_size=batch, steps=sizes.steps,
                 warmup=sizes.warmup, reps=sizes.reps)
-    return [_row(base, name, augment, times, usage) for name, augment in pipelines(opts.dataset)]
+    return [_row(base, name, augment, times, usage, main=name == opts.dataset)
+            for name, augment in pipelines(opts.dataset)]
+
+
+PIPELINE_AUGMENT = "train:augment@pipeline"
+
+
+def _none(augment):
+    return "train:none" + ("+augment" if augment else "")
+
+
+def _cached_harness(config, augment, backend, info):
+    """A harness (own model and Trainer) fed one cached batch, augmenting in the step or not."""
+    import dataclasses
+
+    config = dataclasses.replace(config, augment=augment)
+    cached = harness.harness_dataset_fn(config, info, lambda ds: ds.take(1).cache().repeat())
+    return harness.build_harness(config, backend, info, dataset_fn=cached)
+
+
+def _pipeline_augmented(config, info):
+    from train import data
+
+    def dataset_fn(input_context):
+        return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
+                                  seed=config.seed, start_step=0, augment=True,
+                                  input_context=input_context)
+    return dataset_fn
 
 
 def _iterators(config, backend, dataset, augment, data_dir):
@@ -77,18 +115,21 @@ def _iterators(config, backend, dataset, augment, data_dir):
     cfg = dataclasses.replace(config, dataset=dataset, augment=augment)
     info = data.dataset_info(dataset, data_dir)
     alone = iter(data.train_dataset(info, data_dir, global_batch_size=cfg.batch_size,
-                                    seed=cfg.seed, start_step=0, augment=augment))
+                                    seed=cfg.seed, start_step=0, augment=False,
+                                    with_codes=augment))
     fed = iter(backend.distribute_dataset(harness.harness_dataset_fn(cfg, info)))
     return alone, fed
 
 
-def _drain_function(tf):
+def _drain_function():
+    import tensorflow as tf
+
     @tf.function
     def drain(iterator, n):
         # Touch every batch (a sum of its labels) so nothing can be pruned away.
         total = tf.constant(0, tf.int64)
         for _ in tf.range(n):
-            _, labels = next(iterator)
+            labels = next(iterator)[1]
             total += tf.reduce_sum(tf.cast(labels, tf.int64))
         return total
     return drain
@@ -102,18 +143,23 @@ def _timed(drain, iterator, steps):
     return time.perf_counter() - began
 
 
-def _row(base, dataset, augment, times, usage):
+def _row(base, dataset, augment, times, usage, main):
     label = _label(dataset, augment)
     images = base["batch_size"] * base["steps"]
+    none_times = times[_none(augment)]
     pipe = measure.summarize([images / t for t in times[f"pipe:{label}"]])
     train = measure.summarize([images / t for t in times[f"train:{label}"]])
-    none = measure.summarize([images / t for t in times["train:none"]])
+    none = measure.summarize([images / t for t in none_times])
     wait = measure.summarize([(t - t0) / t for t, t0 in zip(times[f"train:{label}"],
-                                                            times["train:none"])])
+                                                            none_times)])
+    extra = {}
+    if augment and main:
+        extra["train_images_per_sec_augment_in_pipeline"] = round(
+            measure.summarize([images / t for t in times[PIPELINE_AUGMENT]])["median"], 1)
     return {**base, "variant": label, "dataset": dataset, "augment": augment,
             **measure.stat_fields("pipeline_images_per_sec", pipe, 1),
             **measure.stat_fields("train_images_per_sec", train, 1),
-            "train_images_per_sec_no_input": round(none["median"], 1),
+            "train_images_per_sec_no_input": round(none["median"], 1), **extra,
             "headroom": round(pipe["median"] / none["median"], 3),
             **measure.stat_fields("input_wait_fraction", wait, 4),
             **{f"pipeline_{k}": v for k, v in measure.merge_usage(usage[f"pipe:{label}"]).items()},

@@ -48,6 +48,8 @@ COLUMNS = {
         ("pipeline img/s", lambda r: _pm(r, "pipeline_images_per_sec")),
         ("training img/s", lambda r: _pm(r, "train_images_per_sec")),
         ("no-input img/s", lambda r: _num(r.get("train_images_per_sec_no_input"))),
+        ("aug. in tf.data img/s",
+         lambda r: _num(r.get("train_images_per_sec_augment_in_pipeline"))),
         ("headroom", lambda r: _num(r.get("headroom"), 2, "x")),
         ("input wait", lambda r: _pct(r.get("input_wait_fraction")))],
     "checkpoint": [

@@ -189,9 +189,13 @@ def test_quick_throughput_rows(quick_run):
 
 @pytest.mark.slow
 def test_quick_input_rows(quick_run):
-    for r in _rows(quick_run, "input"):
+    rows = _rows(quick_run, "input")
+    for r in rows:
         assert _positive(r["pipeline_images_per_sec"]) and _positive(r["headroom"])
         assert -1 < r["input_wait_fraction"] < 1
+    # The alternative (augmentation in tf.data) is measured beside the main +augment row.
+    assert [_positive(r["train_images_per_sec_augment_in_pipeline"]) for r in rows
+            if "train_images_per_sec_augment_in_pipeline" in r] == [True]
 
 
 @pytest.mark.slow

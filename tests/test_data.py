@@ -141,6 +141,19 @@ def test_augmentation_is_a_padded_crop_or_flip(shapes_dir):
         assert any(np.array_equal(result, c) or np.array_equal(result, c[:, ::-1]) for c in crops)
 
 
+def test_codes_augment_in_the_step_exactly_as_the_pipeline_does(shapes_dir):
+    # The trainer's path: images as stored plus codes, augmented after to_float.
+    info = data.dataset_info("shapes10", shapes_dir)
+    kwargs = dict(global_batch_size=32, seed=2, start_step=3)  # 200 / 32: crosses epochs
+    fed = data.train_dataset(info, shapes_dir, augment=False, with_codes=True, **kwargs)
+    for (x, y, codes), (ax, ay) in zip(fed.take(5), _batches(info, shapes_dir, 5,
+                                                              augment=True, **kwargs)):
+        assert x.dtype == tf.uint8 and codes.dtype == tf.int32 and codes.shape == (32,)
+        in_step = data.augment_images(data.to_float(x), codes).numpy()
+        np.testing.assert_array_equal(in_step, data.to_float(ax).numpy())
+        np.testing.assert_array_equal(y.numpy(), ay)
+
+
 def test_per_replica_batch_size_from_input_context():
     context = tf.distribute.InputContext(2, 1, num_replicas_in_sync=4)
     (x, y), = _batches(TINY, None, 1, global_batch_size=32, seed=0, start_step=0,

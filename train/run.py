@@ -101,7 +101,7 @@ def _run(config, watcher):
     model, optimizer = build_state(config, backend, info, steps)
     trainer = Trainer(backend=backend, model=model, optimizer=optimizer,
                       global_batch_size=config.batch_size, stop_flag=watcher.flag,
-                      jit_compile=config.jit_compile,
+                      augment=config.augment, jit_compile=config.jit_compile,
                       record_indices=os.environ.get(RECORD_INDICES_ENV) or None)
     manager = checkpoint.CheckpointManager(
         directory=os.path.join(config.workdir, "checkpoints"),
@@ -179,8 +179,8 @@ def _train(parts, start, restored):
 
     def dataset_fn(input_context):
         return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
-                                  seed=config.seed, start_step=start, augment=config.augment,
-                                  input_context=input_context,
+                                  seed=config.seed, start_step=start, augment=False,
+                                  with_codes=trainer.augment, input_context=input_context,
                                   with_indices=bool(trainer.record_indices))
 
     def eval_dataset_fn(input_context):
