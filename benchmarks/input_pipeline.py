@@ -66,7 +66,8 @@ def measure_config(opts, model, batch):
                                           harness.trainer_steps(p, sizes.steps, iterator=it))
             _timed(drain, pipe_it, sizes.warmup)  # trace, fill the prefetch buffers
             harness.trainer_steps(parts[augment], sizes.warmup, iterator=train_it)
-        in_pipeline = iter(backend.distribute_dataset(_pipeline_augmented(config, info)))
+        in_pipeline = iter(backend.distribute_dataset(
+            harness.harness_dataset_fn(config, info, augment_in_pipeline=True)))
         variants[PIPELINE_AUGMENT] = lambda: harness.trainer_steps(
             parts[False], sizes.steps, iterator=in_pipeline)
         for p in parts.values():
@@ -96,16 +97,6 @@ def _cached_harness(config, augment, backend, info):
     return harness.build_harness(config, backend, info, dataset_fn=cached)
 
 
-def _pipeline_augmented(config, info):
-    from train import data
-
-    def dataset_fn(input_context):
-        return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
-                                  seed=config.seed, start_step=0, augment=True,
-                                  input_context=input_context)
-    return dataset_fn
-
-
 def _iterators(config, backend, dataset, augment, data_dir):
     """(pipeline-only iterator, training iterator through the backend) of one pipeline."""
     import dataclasses
@@ -113,12 +104,8 @@ def _iterators(config, backend, dataset, augment, data_dir):
     from train import data
 
     cfg = dataclasses.replace(config, dataset=dataset, augment=augment)
-    info = data.dataset_info(dataset, data_dir)
-    alone = iter(data.train_dataset(info, data_dir, global_batch_size=cfg.batch_size,
-                                    seed=cfg.seed, start_step=0, augment=False,
-                                    with_codes=augment))
-    fed = iter(backend.distribute_dataset(harness.harness_dataset_fn(cfg, info)))
-    return alone, fed
+    dataset_fn = harness.harness_dataset_fn(cfg, data.dataset_info(dataset, data_dir))
+    return iter(dataset_fn()), iter(backend.distribute_dataset(dataset_fn))
 
 
 def _drain_function():

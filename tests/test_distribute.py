@@ -1,8 +1,10 @@
 """train.distribute: how each backend feeds its replicas."""
 
+import threading
 import types
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from train import distribute
@@ -31,3 +33,66 @@ def test_mirrored_on_cpu_feeds_each_replica_its_own_batches():
            for b in backend.distribute_dataset(dataset_fn)]
     np.testing.assert_array_equal(np.concatenate(got), np.arange(12))
     assert [len(b) for b in got] == [4, 4, 4]
+
+
+class FakeService:
+    """The coordination service's key-value calls, as leave_cluster uses them."""
+
+    def __init__(self, *, answer=True):
+        self.answer = answer
+        self.gets, self.sets = [], []
+        self.never = threading.Event()
+
+    def get_config_key_value(self, key, timeout_in_ms):
+        self.gets.append((key, timeout_in_ms))
+        if not self.answer:
+            raise RuntimeError("DEADLINE_EXCEEDED")
+        return "0"
+
+    def set_config_key_value(self, key, value):
+        self.sets.append(key)
+        if not self.answer:
+            self.never.wait()  # task 0 is gone: the call never returns
+
+
+@pytest.fixture
+def cluster_task(monkeypatch):
+    def set_task(index, count):
+        monkeypatch.setattr(distribute, "_cluster_task", (index, count))
+    return set_task
+
+
+def test_task_0_leaves_only_after_every_other_task_said_it_leaves(cluster_task):
+    cluster_task(0, 3)
+    service = FakeService()
+    distribute.leave_cluster(0, service)
+    assert [key for key, _ in service.gets] == ["harness-leaving/1", "harness-leaving/2"]
+    assert all(0 < ms <= distribute.LEAVE_TIMEOUT_S * 1000 for _, ms in service.gets)
+    assert service.sets == []
+
+
+def test_task_0_leaves_anyway_when_the_others_do_not_answer(cluster_task):
+    cluster_task(0, 3)
+    service = FakeService(answer=False)
+    distribute.leave_cluster(0, service)  # no exception: the run's result stands
+    assert [key for key, _ in service.gets] == ["harness-leaving/1"]
+
+
+def test_other_tasks_say_they_leave_and_give_up_if_task_0_is_gone(cluster_task, monkeypatch):
+    cluster_task(2, 3)
+    service = FakeService()
+    distribute.leave_cluster(0, service)
+    assert service.sets == ["harness-leaving/2"] and service.gets == []
+    monkeypatch.setattr(distribute, "LEAVE_NOTICE_TIMEOUT_S", 0.05)
+    stuck = FakeService(answer=False)
+    distribute.leave_cluster(0, stuck)  # returns although the call never does
+    assert stuck.sets == ["harness-leaving/2"]
+    stuck.never.set()
+
+
+@pytest.mark.parametrize("task, code", [(None, 0), ((0, 2), 1), ((1, 2), 42)])
+def test_failed_runs_and_single_process_runs_leave_at_once(monkeypatch, task, code):
+    monkeypatch.setattr(distribute, "_cluster_task", task)
+    service = FakeService(answer=False)
+    distribute.leave_cluster(code, service)
+    assert service.gets == [] and service.sets == []

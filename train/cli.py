@@ -60,6 +60,7 @@ def train_main(argv=None):
         # finally blocks); skip the teardown of TensorFlow's coordination service.
         sys.stdout.flush()
         sys.stderr.flush()
+        distribute.leave_cluster(code)
         os._exit(code)
     return code
 

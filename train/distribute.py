@@ -17,21 +17,59 @@ Horovod's allreduce is asked to sum too).
 """
 
 import os
+import threading
+import time
 
 import tensorflow as tf
 
 from train.errors import UsageError
 
 
-# True once this process has started MultiWorkerMirroredStrategy. Its coordination
-# service can hang the interpreter's teardown when another task has exited first
-# (seen here about once in four 2-worker runs; tensorflow/tensorflow#58434), so train.cli
-# ends such a process with os._exit once everything is written and flushed.
-_coordination_service_started = False
+# (this task's index, number of tasks) once this process has started
+# MultiWorkerMirroredStrategy. Its coordination service can hang the interpreter's
+# teardown when another task has exited first (seen here about once in four 2-worker
+# runs; tensorflow/tensorflow#58434), so train.cli ends such a process with os._exit once
+# everything is written and flushed, after leave_cluster.
+_cluster_task = None
+LEAVE_TIMEOUT_S = 20  # task 0 waits this long for the others (harness-launch: 30 s)
+LEAVE_NOTICE_TIMEOUT_S = 5  # another task gives up telling task 0 after this long
 
 
 def teardown_may_hang():
-    return _coordination_service_started
+    return _cluster_task is not None
+
+
+def leave_cluster(code, context=None):
+    """Call last, right before os._exit(code), in a multi-worker process.
+
+    The coordination service lives in task 0 and dies with it. When task 0 left as soon
+    as the final barrier let it through, another task could still be waiting for that
+    barrier's answer, and hung until harness-launch stopped the group (exit 1 after a
+    good run; the other cause was train.run's, see _KEPT_UNTIL_EXIT). So after a
+    successful run every other task says it is leaving (a key in the service's
+    store) and task 0 exits only once all have, or after LEAVE_TIMEOUT_S. A failed run
+    leaves at once.
+    """
+    if _cluster_task is None or code != 0:
+        return
+    from tensorflow.python.eager import context as eager_context
+
+    context = context or eager_context.context()
+    index, count = _cluster_task
+    if index == 0:
+        deadline = time.monotonic() + LEAVE_TIMEOUT_S
+        for other in range(1, count):
+            remaining_ms = max(1, int(1000 * (deadline - time.monotonic())))
+            try:
+                context.get_config_key_value(f"harness-leaving/{other}", remaining_ms)
+            except Exception:  # timed out or the service failed: leave anyway
+                return
+        return
+    # If task 0 were gone already, the call could wait forever: give it a few seconds.
+    notice = threading.Thread(target=context.set_config_key_value,
+                              args=(f"harness-leaving/{index}", "0"), daemon=True)
+    notice.start()
+    notice.join(LEAVE_NOTICE_TIMEOUT_S)
 
 
 class Backend:
@@ -184,17 +222,17 @@ def _multiworker():
         raise UsageError("--strategy multiworker needs TF_CONFIG (use harness-launch) or a Slurm job")
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if _gpus()
                       else tf.distribute.experimental.CommunicationImplementation.RING)
-    global _coordination_service_started
-    _coordination_service_started = True
+    spec = resolver.cluster_spec().as_dict()
+    chiefs = len(spec.get("chief", []))
+    index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
+    count = chiefs + len(spec.get("worker", []))
+    global _cluster_task
+    _cluster_task = (index, count)  # index 0 (the chief) leads the coordination service
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         cluster_resolver=resolver,
         communication_options=tf.distribute.experimental.CommunicationOptions(
             implementation=implementation))
-    spec = resolver.cluster_spec().as_dict()
-    chiefs = len(spec.get("chief", []))
-    index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
-    return MultiWorkerBackend(strategy=strategy, worker_index=index,
-                              num_workers=chiefs + len(spec.get("worker", [])))
+    return MultiWorkerBackend(strategy=strategy, worker_index=index, num_workers=count)
 
 
 def create(strategy_name, *, replicas=None, fp16_allreduce=False):
