@@ -31,7 +31,6 @@ per image (counted from the layers, benchmarks.flops) / the same-run matmul FLOP
 
 import dataclasses
 import functools
-import statistics
 import tempfile
 
 from benchmarks import child, flops, harness, measure
@@ -101,11 +100,9 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
             kinds[name] = (10, precision)
             variants[name] = lambda other=other: harness.controller_window(other, sizes.steps, 10)
         if backend.name == "mirrored":  # the same loop under the default strategy, here
-            import tensorflow as tf
-
             from train import distribute
 
-            alone = make(backend=distribute.Backend(strategy=tf.distribute.get_strategy()))
+            alone = make(backend=distribute.create("default"))
             harness.warm_up(alone, None, None, sizes.warmup)
             kinds[SAME_PROCESS_DEFAULT] = (10, default_precision)
             variants[SAME_PROCESS_DEFAULT] = lambda: harness.controller_window(
@@ -145,9 +142,9 @@ def _row(base, name, kind, times, usage, matmul_gflops):
     ratios = measure.summarize(measure.paired_ratios(rates, [
         batch * steps / t for t in times["keras_fit"]]))
     if name == "harness" and SAME_PROCESS_DEFAULT in times:
-        base = dict(base, ratio_vs_default_strategy=round(statistics.median(
+        base = dict(base, ratio_vs_default_strategy=round(measure.summarize(
             measure.paired_ratios(rates, [batch * steps / t for t in
-                                          times[SAME_PROCESS_DEFAULT]])), 3))
+                                          times[SAME_PROCESS_DEFAULT]]))["median"], 3))
     return {**base, "variant": name, "steps_per_call": spc, "precision": precision,
             **measure.stat_fields("images_per_sec", summary, 1),
             "step_ms": round(1000 * batch / summary["median"], 2),

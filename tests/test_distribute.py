@@ -96,3 +96,13 @@ def test_failed_runs_and_single_process_runs_leave_at_once(monkeypatch, task, co
     service = FakeService(answer=False)
     distribute.leave_cluster(code, service)
     assert service.gets == [] and service.sets == []
+
+
+def test_multi_worker_processes_keep_their_objects_until_exit(monkeypatch):
+    monkeypatch.setattr(distribute, "_kept_until_exit", [])
+    monkeypatch.setattr(distribute, "_cluster_task", None)
+    distribute.keep_until_exit("iterator")
+    assert distribute._kept_until_exit == []  # one process: objects go as usual
+    monkeypatch.setattr(distribute, "_cluster_task", (1, 2))
+    distribute.keep_until_exit("iterator", "datasets")
+    assert distribute._kept_until_exit == ["iterator", "datasets"]

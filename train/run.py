@@ -161,14 +161,6 @@ def check_checkpoint_identity(manager, restored, identity):
                              f"not {identity[key]!r}; use another --workdir")
 
 
-# A multi-worker process ends with os._exit (train.cli, distribute.teardown_may_hang).
-# Its TensorFlow objects stay alive until then: destroying them as _train returned hung
-# one worker in about 1 of 7 600-step 2-worker runs here (a stack dump showed it there,
-# the other worker waiting for it), and nothing they hold needs a clean teardown:
-# checkpoints and metrics are closed explicitly.
-_KEPT_UNTIL_EXIT = []
-
-
 @dataclasses.dataclass(frozen=True)
 class RunParts:
     config: object
@@ -197,8 +189,7 @@ def _train(parts, start, restored):
 
     iterator = iter(backend.distribute_dataset(dataset_fn))
     eval_dataset = backend.distribute_dataset(eval_dataset_fn)
-    if distribute.teardown_may_hang():
-        _KEPT_UNTIL_EXIT.extend([parts, iterator, eval_dataset])
+    distribute.keep_until_exit(parts, iterator, eval_dataset)
     schedule = Schedule(total_steps=parts.steps, steps_per_call=config.steps_per_call,
                         log_every=config.log_every, checkpoint_every=config.checkpoint_every,
                         eval_every=config.eval_every)
