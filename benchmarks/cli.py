@@ -44,6 +44,7 @@ class Options:
     replicas: int
     steps_per_call: tuple
     precisions: tuple  # throughput: the harness variants' --precision values
+    builds: int  # throughput: builds per strategy behind mirrored's ÷ default
     intervals: tuple
     trials: int
     workers: tuple
@@ -99,6 +100,9 @@ def build_parser():
     add("--precisions", type=_names, help="throughput: extra harness variants at these "
         "--precision values, besides the default's (default fp32,mixed_bfloat16; none with "
         "--quick); Keras fit stays float32")
+    add("--builds", type=_positive, help="throughput: builds of the harness under each "
+        "strategy behind mirrored's ÷ default (default 1); builds of one configuration "
+        "differ by up to ~3%% here, so 4 or more to resolve 2%%")
     add("--intervals", type=_ints, help="checkpoint: save every N steps (default 1,10,100; "
         "1,10 with --quick)")
     add("--trials", type=_positive, help="resume: trials per kill kind (default 3; 1 with --quick)")
@@ -134,6 +138,7 @@ def resolve(args, scratch):
         replicas=args.replicas or _default_replicas(),
         steps_per_call=args.steps_per_call or ((10,) if quick else (10, 1)),
         precisions=args.precisions or (() if quick else ("fp32", "mixed_bfloat16")),
+        builds=args.builds or 1,
         intervals=args.intervals or ((1, 10) if quick else (1, 10, 100)),
         trials=args.trials or (1 if quick else 3), workers=args.workers or (1, 2),
         scratch=scratch)

@@ -63,14 +63,13 @@ def build_harness(config, backend, info, dataset_fn=None):
 
 
 def harness_dataset_fn(config, info, transform=None, *, augment_in_pipeline=False):
-    """train.run's dataset_fn; `transform` (e.g. cache one batch) applies on top.
-    augment_in_pipeline: the alternative to augmenting in the step (config.augment off)."""
-    def dataset_fn(input_context=None):
-        ds = data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
-                                seed=config.seed, start_step=0, augment=augment_in_pipeline,
-                                with_codes=config.augment, input_context=input_context)
-        return transform(ds) if transform else ds
-    return dataset_fn
+    """train.run's training dataset_fn from step 0; `transform` (e.g. cache one batch)
+    applies on top. augment_in_pipeline: the alternative to augmenting in the step."""
+    stream = run.training_dataset_fn(config, info, start_step=0, with_codes=config.augment,
+                                     augment_in_pipeline=augment_in_pipeline)
+    if transform is None:
+        return stream
+    return lambda input_context=None: transform(stream(input_context))
 
 
 class _NoCheckpoints:

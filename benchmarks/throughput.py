@@ -37,6 +37,7 @@ from benchmarks import child, flops, harness, measure
 
 DEFAULT_MODELS = ("cnn", "resnet20")
 SAME_PROCESS_DEFAULT = "harness_default_strategy"
+EXTRA_BUILD = "#"  # `harness#2`: another build of a variant, for ratio_vs_default_strategy only
 
 
 def run(opts, machine):
@@ -58,7 +59,7 @@ def strategy_configs(opts):
 def _one_config(opts, machine, model, batch, strategy, replicas):
     kwargs = dict(model=model, batch_size=batch, dataset=opts.dataset, data_dir=opts.data_dir,
                   sizes=dataclasses.asdict(opts.sizes), spc_list=list(opts.steps_per_call),
-                  precisions=list(opts.precisions),
+                  precisions=list(opts.precisions), builds=opts.builds,
                   matmul_gflops=machine["matmul_gflops"])
     label = dict(benchmark="throughput", model=model, batch_size=batch, strategy=strategy,
                  replicas=replicas or 1)
@@ -70,7 +71,7 @@ def _one_config(opts, machine, model, batch, strategy, replicas):
 
 
 def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_list,
-                   matmul_gflops, precisions=()):
+                   matmul_gflops, precisions=(), builds=1):
     """Rows for fit and harness variants of one configuration, measured interleaved."""
     import keras
 
@@ -100,13 +101,8 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
             kinds[name] = (10, precision)
             variants[name] = lambda other=other: harness.controller_window(other, sizes.steps, 10)
         if backend.name == "mirrored":  # the same loop under the default strategy, here
-            from train import distribute
-
-            alone = make(backend=distribute.create("default"))
-            harness.warm_up(alone, None, None, sizes.warmup)
             kinds[SAME_PROCESS_DEFAULT] = (10, default_precision)
-            variants[SAME_PROCESS_DEFAULT] = lambda: harness.controller_window(
-                alone, sizes.steps, 10)
+            variants.update(_strategy_builds(make, parts, sizes, builds))
         times, usage = measure.interleave(variants, sizes.reps, measure.ResourceSampler)
         per_image = flops.training_flops_per_image(keras_model)
     keras.backend.clear_session()
@@ -115,7 +111,34 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
                 steps=sizes.steps, warmup=sizes.warmup, reps=sizes.reps,
                 flops_per_image=per_image)
     return [_row(base, name, kinds[name], times, usage[name], matmul_gflops)
-            for name in variants]
+            for name in variants if EXTRA_BUILD not in name]
+
+
+def _strategy_builds(make, parts, sizes, builds):
+    """`builds` builds of the harness under each strategy (`parts` is the first mirrored
+    one), built alternately, as variants `harness#2`, SAME_PROCESS_DEFAULT, ...#2, ...
+    Two builds of the very same configuration in one process differ by up to ~3% per
+    step here, so what MirroredStrategy costs is their means' ratio, over enough builds."""
+    from train import distribute
+
+    default_backend = distribute.create("default")
+    variants = {}
+    for i in range(builds):
+        sides = [(SAME_PROCESS_DEFAULT, default_backend), ("harness", parts.backend)]
+        for name, backend in sides[::-1] if i % 2 else sides:
+            if i == 0 and name == "harness":
+                continue  # `parts` itself, a variant already
+            built = make(backend=backend)
+            harness.warm_up(built, None, None, sizes.warmup)
+            variants[name + (f"{EXTRA_BUILD}{i + 1}" if i else "")] = functools.partial(
+                harness.controller_window, built, sizes.steps, 10)
+    return variants
+
+
+def _builds_of(times, name):
+    """Per repetition, the summed seconds of every build of variant `name`."""
+    same = [t for n, t in times.items() if n == name or n.startswith(name + EXTRA_BUILD)]
+    return [sum(reps) for reps in zip(*same)], len(same)
 
 
 def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision="auto"):
@@ -142,9 +165,10 @@ def _row(base, name, kind, times, usage, matmul_gflops):
     ratios = measure.summarize(measure.paired_ratios(rates, [
         batch * steps / t for t in times["keras_fit"]]))
     if name == "harness" and SAME_PROCESS_DEFAULT in times:
-        base = dict(base, ratio_vs_default_strategy=round(measure.summarize(
-            measure.paired_ratios(rates, [batch * steps / t for t in
-                                          times[SAME_PROCESS_DEFAULT]]))["median"], 3))
+        mirrored, builds = _builds_of(times, name)
+        default, _ = _builds_of(times, SAME_PROCESS_DEFAULT)
+        base = dict(base, strategy_builds=builds, ratio_vs_default_strategy=round(
+            measure.summarize(measure.paired_ratios(default, mirrored))["median"], 3))
     return {**base, "variant": name, "steps_per_call": spc, "precision": precision,
             **measure.stat_fields("images_per_sec", summary, 1),
             "step_ms": round(1000 * batch / summary["median"], 2),

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from benchmarks import checkpoint as ckpt_bench
-from benchmarks import cli, measure, pin, report
+from benchmarks import cli, measure, pin, report, throughput
 from conftest import harness_env, run_module
 
 QUICK_BUDGET_SECONDS = 180
@@ -89,6 +89,13 @@ def test_interleave_runs_every_variant_each_repetition():
     assert results == {"A": [1, 4, 6], "B": [2, 3, 5]}
 
 
+def test_builds_of_a_variant_are_summed_per_repetition():
+    times = {"harness": [1.0, 2.0], "harness#2": [3.0, 4.0], "harness_fp32": [9.0, 9.0],
+             "harness_default_strategy": [2.0, 2.0]}
+    assert throughput._builds_of(times, "harness") == ([4.0, 6.0], 2)
+    assert throughput._builds_of(times, "harness_default_strategy") == ([2.0, 2.0], 1)
+
+
 def test_checkpoint_windows_hold_whole_intervals():
     assert ckpt_bench.window_steps(100, 1) == 100
     assert ckpt_bench.window_steps(100, 30) == 120
@@ -137,8 +144,9 @@ def test_pinning_gives_each_local_rank_its_own_cpus():
 def quick_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("bench")
     began = time.monotonic()
-    proc = run_module("benchmarks", "all", "--quick", "--json", out / "r.json", "--out",
-                      out / "report", "--data-dir", data_dir, env=harness_env(), timeout=900)
+    proc = run_module("benchmarks", "all", "--quick", "--builds", "2", "--json", out / "r.json",
+                      "--out", out / "report", "--data-dir", data_dir, env=harness_env(),
+                      timeout=900)
     elapsed = time.monotonic() - began
     assert os.path.exists(out / "r.json"), f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
     with open(out / "r.json", encoding="utf-8") as f:
@@ -188,7 +196,9 @@ def test_quick_throughput_rows(quick_run):
     # MirroredStrategy's own cost: its loop against the default strategy's, in one process.
     mirrored = [r for r in rows if r["strategy"] == "mirrored" and r["variant"] == "harness"]
     assert mirrored and all(_positive(r["ratio_vs_default_strategy"]) for r in mirrored)
+    assert all(r["strategy_builds"] == 2 for r in mirrored)  # --builds 2: two per strategy
     assert ("mirrored", "harness_default_strategy") in {(r["strategy"], r["variant"]) for r in rows}
+    assert not [r for r in rows if "#" in r["variant"]]  # extra builds feed the ratio only
 
 
 @pytest.mark.slow

@@ -10,19 +10,49 @@ import tensorflow as tf
 from train import distribute
 
 
-def _strategy_on(*devices):
-    return types.SimpleNamespace(extended=types.SimpleNamespace(worker_devices=devices))
+class FakeStrategy:
+    """What Backend.distribute_dataset reads of a strategy, recording what it is asked."""
+
+    def __init__(self, *devices, replicas=None):
+        self.extended = types.SimpleNamespace(worker_devices=devices)
+        self.num_replicas_in_sync = replicas or len(devices)
+        self.options = None
+
+    def distribute_datasets_from_function(self, dataset_fn, options):
+        self.options = options
+        return "distributed"
 
 
-def test_gpu_replicas_get_batches_prefetched_to_the_device_and_cpu_replicas_do_not():
-    gpus = _strategy_on("/job:localhost/replica:0/task:0/device:GPU:0",
-                        "/job:localhost/replica:0/task:0/device:GPU:1")
-    cpus = _strategy_on("/job:worker/replica:0/task:1/device:CPU:0")
-    assert distribute._fetch_options(gpus).experimental_fetch_to_device is True
-    assert distribute._fetch_options(cpus).experimental_fetch_to_device is False
+def _context_of(backend):
+    seen = []
+    result = backend.distribute_dataset(lambda context: seen.append(context) or "dataset")
+    return result, seen
 
 
-def test_mirrored_on_cpu_feeds_each_replica_its_own_batches():
+def test_gpu_replicas_get_batches_prefetched_to_the_device():
+    strategy = FakeStrategy("/job:localhost/replica:0/task:0/device:GPU:0")
+    backend = distribute.MirroredBackend(strategy=strategy)
+    assert backend.distribute_dataset(lambda context: None) == "distributed"
+    assert strategy.options.experimental_fetch_to_device is True
+
+
+def test_several_cpu_replicas_share_a_distributed_dataset_without_device_fetch():
+    strategy = FakeStrategy("/device:CPU:0", "/device:CPU:1")
+    backend = distribute.MirroredBackend(strategy=strategy)
+    assert backend.distribute_dataset(lambda context: None) == "distributed"
+    assert strategy.options.experimental_fetch_to_device is False
+
+
+def test_one_cpu_replica_per_worker_reads_its_worker_shard_directly():
+    strategy = FakeStrategy("/job:worker/replica:0/task:1/device:CPU:0", replicas=3)
+    backend = distribute.MultiWorkerBackend(strategy=strategy, worker_index=1, num_workers=3)
+    result, (context,) = _context_of(backend)
+    assert result == "dataset" and strategy.options is None
+    assert (context.input_pipeline_id, context.num_input_pipelines,
+            context.num_replicas_in_sync) == (1, 3, 3)
+
+
+def test_mirrored_on_one_cpu_feeds_its_replica_the_whole_stream():
     backend = distribute.MirroredBackend(strategy=tf.distribute.MirroredStrategy(["/cpu:0"]))
 
     def dataset_fn(context):

@@ -70,15 +70,6 @@ class HorovodBackend(Backend):
         # One replica per rank; the default strategy inside a rank counts only itself.
         return self.num_workers
 
-    def input_context(self):
-        return tf.distribute.InputContext(num_input_pipelines=self.num_workers,
-                                          input_pipeline_id=self.worker_index,
-                                          num_replicas_in_sync=self.num_workers)
-
-    def distribute_dataset(self, dataset_fn):
-        """A plain per-rank dataset (a trackable iterator, batched per rank)."""
-        return dataset_fn(self.input_context())
-
     def reduce_gradients(self, grads):
         """Sum over ranks (the loss is already divided by the global batch)."""
         if self.num_workers == 1:

@@ -173,15 +173,25 @@ class RunParts:
     watcher: PreemptionWatcher
 
 
+def training_dataset_fn(config, info, *, start_step, with_codes, with_indices=False,
+                        augment_in_pipeline=False):
+    """dataset_fn(input_context) for Backend.distribute_dataset: the run's training stream
+    from `start_step` (train.data's invariants). with_codes: the trainer augments in its
+    step; augment_in_pipeline: tf.data does (the alternative the benchmarks measure)."""
+    def dataset_fn(input_context=None):
+        return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
+                                  seed=config.seed, start_step=start_step,
+                                  augment=augment_in_pipeline, with_codes=with_codes,
+                                  input_context=input_context, with_indices=with_indices)
+    return dataset_fn
+
+
 def _train(parts, start, restored):
     config, backend, info, trainer = parts.config, parts.backend, parts.info, parts.trainer
     monitor = parts.monitor
 
-    def dataset_fn(input_context):
-        return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
-                                  seed=config.seed, start_step=start, augment=False,
-                                  with_codes=trainer.augment, input_context=input_context,
-                                  with_indices=bool(trainer.record_indices))
+    dataset_fn = training_dataset_fn(config, info, start_step=start, with_codes=trainer.augment,
+                                     with_indices=bool(trainer.record_indices))
 
     def eval_dataset_fn(input_context):
         return data.padded_eval_dataset(info, config.data_dir, global_batch_size=config.batch_size,
