@@ -17,6 +17,7 @@ the same global batch:
   harness_default_strategy  (mirrored configurations) `harness` under the default
                  strategy in the same process; the mirrored `harness` row's
                  ratio_vs_default_strategy is the cost of MirroredStrategy itself
+                 (--builds N: over N builds per strategy, see _strategy_builds)
 
 Every configuration (strategy, replicas) runs in a child process of its own
 (benchmarks.child), fit and harness interleaved inside it: mirrored over N logical CPUs
