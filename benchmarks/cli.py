@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from benchmarks import measure
+from train.errors import ArgumentParser, UsageError
 
 SUBCOMMANDS = ("throughput", "input", "checkpoint", "resume", "scaling")
 HELP = {  # static: --help must not import TensorFlow
@@ -107,7 +108,7 @@ def build_parser():
         "1,10 with --quick)")
     add("--trials", type=_positive, help="resume: trials per kill kind (default 3; 1 with --quick)")
     add("--workers", type=_ints, help="scaling: worker counts (default 1,2)")
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="harness-bench", description="Benchmarks of tf-harness against plain Keras "
         "fit, measured in one run: throughput, input, checkpoint, resume, scaling. "
         "`harness-bench SUBCOMMAND --help` lists the flags.")
@@ -214,7 +215,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
+    except UsageError as exc:
+        print(f"harness-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help
         return exit_.code
     from train import import_tensorflow_quietly
 

@@ -12,7 +12,7 @@ import os
 import sys
 
 from launch import cluster, plan, supervisor
-from train.errors import HarnessError, UsageError
+from train.errors import ArgumentParser, HarnessError, UsageError
 
 _EPILOG = """\
 --nproc is the world size (all hosts together), like horovodrun -np. With --hosts or
@@ -24,11 +24,11 @@ when every worker saved and exited 42, so the scheduler can requeue it.
 """
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(ArgumentParser):
     def error(self, message):
         if message.startswith("unrecognized arguments"):
             message += " (the workers' command goes after --)"
-        raise UsageError(message)  # one line, not argparse's usage block
+        super().error(message)
 
 
 def _parser():

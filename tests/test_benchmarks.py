@@ -125,10 +125,13 @@ def test_tables_show_machine_sections_and_errors():
     assert "### errors" in text and "boom" in text
 
 
-def test_cli_rejects_bad_flags_with_exit_2(capsys):
-    assert cli.main(["throughput", "--batch-size", "0"]) == 2
-    assert cli.main(["nonsense"]) == 2
-    assert "harness-bench" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, named", [
+    (["throughput", "--batch-size", "0"], "--batch-size"), (["nonsense"], "nonsense"),
+    (["throughput", "--builds", "x"], "--builds"), ([], "SUBCOMMAND")])
+def test_cli_rejects_bad_flags_with_one_line_and_exit_2(capsys, argv, named):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("harness-bench: error:") and named in err
 
 
 def test_pinning_gives_each_local_rank_its_own_cpus():

@@ -14,7 +14,7 @@ import os
 import signal
 from typing import Optional
 
-from train.errors import UsageError
+from train.errors import ArgumentParser, UsageError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
@@ -96,13 +96,8 @@ HELP = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def build_parser():
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="harness-train",
         description="Train a Keras model on a TFDS dataset with tf.distribute or Horovod.",
         argument_default=argparse.SUPPRESS,

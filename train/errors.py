@@ -7,6 +7,8 @@ Exit codes (a contract users and launchers rely on):
   42 preempted after a completed save: run the same command again to resume
 """
 
+import argparse
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -39,3 +41,11 @@ class Preempted(HarnessError):
     """Raised after the preemption save completed: exit 42."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing its usage
+    block; --help still prints and exits 0. Subparsers inherit the class."""
+
+    def error(self, message):
+        raise UsageError(message)

@@ -14,14 +14,13 @@ Flags and file types are checked before TensorFlow is imported where possible (T
 prints a start-up banner on stderr when it is imported).
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 import types
 
-from train.errors import EXIT_OK, UsageError
+from train.errors import EXIT_OK, ArgumentParser, UsageError
 
 DEFAULT_DATASET = "shapes10"
 DEFAULT_BATCH_SIZE = 256
@@ -31,18 +30,11 @@ EXPORT_DIR = "export"
 EXPORT_FORMATS = ("keras", "weights", "saved_model")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing usage."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
 # --------------------------------------------------------------------------- harness-eval
 
 
 def build_eval_parser():
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="harness-eval",
         description="Evaluate a trained model on a dataset's test split. Give exactly one "
                     "source: --workdir, --weights (with --model), --model-file or --saved-model.")
@@ -178,7 +170,7 @@ def eval_main(argv=None):
 
 
 def build_export_parser():
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="harness-export",
         description="Export a training checkpoint of a run as the seed's formats: model.keras "
                     "(whole model with optimizer state), model.weights.h5 (weights only), "
