@@ -1,6 +1,7 @@
 """The real harness-train entry point, a few steps on the built-in dataset."""
 
 import os
+import re
 
 import pytest
 
@@ -40,6 +41,16 @@ def test_trains_saves_exports_then_resumes_with_more_steps(tmp_path, data_dir, s
     assert resume[0]["time_to_resume_s"] > 0
     after = [r["step"] for r in rows[rows.index(resume[0]):] if "loss" in r]
     assert after == [25, 30]
+
+
+@pytest.mark.slow
+def test_mirrored_with_one_replica_trains_bitwise_as_the_default_strategy(tmp_path, data_dir):
+    def final_weights(name, *strategy):
+        out = train(tmp_path / name, data_dir, "--steps", "10", "--no-export", *strategy)
+        return re.search(r"weights_sha256=(\w+)", out.stdout).group(1)
+
+    assert final_weights("d", "--strategy", "default") == final_weights(
+        "m", "--strategy", "mirrored", "--replicas", "1")
 
 
 @pytest.mark.slow
