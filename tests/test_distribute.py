@@ -23,12 +23,6 @@ class FakeStrategy:
         return "distributed"
 
 
-def _context_of(backend):
-    seen = []
-    result = backend.distribute_dataset(lambda context: seen.append(context) or "dataset")
-    return result, seen
-
-
 def test_gpu_replicas_get_batches_prefetched_to_the_device():
     strategy = FakeStrategy("/job:localhost/replica:0/task:0/device:GPU:0")
     backend = distribute.MirroredBackend(strategy=strategy)
@@ -46,8 +40,10 @@ def test_several_cpu_replicas_share_a_distributed_dataset_without_device_fetch()
 def test_one_cpu_replica_per_worker_reads_its_worker_shard_directly():
     strategy = FakeStrategy("/job:worker/replica:0/task:1/device:CPU:0", replicas=3)
     backend = distribute.MultiWorkerBackend(strategy=strategy, worker_index=1, num_workers=3)
-    result, (context,) = _context_of(backend)
+    seen = []
+    result = backend.distribute_dataset(lambda context: seen.append(context) or "dataset")
     assert result == "dataset" and strategy.options is None
+    (context,) = seen
     assert (context.input_pipeline_id, context.num_input_pipelines,
             context.num_replicas_in_sync) == (1, 3, 3)
 
