@@ -5,6 +5,7 @@ A signal or request is made at a chosen step from inside that step (a py_functio
 model's forward pass), so the assertions are on step counts, never on durations.
 """
 
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from train.checkpoint import CheckpointManager
 from train.controller import Controller, Schedule
 from train.errors import Preempted
 from train.loop import STOP, Trainer
+from train.monitor import Monitor
 from train.preemption import PreemptionWatcher
 
 
@@ -301,3 +303,22 @@ def test_resume_row_after_a_process_killed_before_its_resume_row(tmp_path):
                {"event": "start", "step": 10})
     row = resume_row(tmp_path, 10)
     assert (row["restored_step"], row["steps_lost"], row["previous_end"]) == (10, 0, "crashed")
+
+
+def test_a_process_killed_before_its_first_step_leaves_no_rows_to_hide_earlier_losses(tmp_path):
+    """The process before it logged step 16 and died; checkpoint 12 survived. The next one
+    is killed while it builds or runs its first step (never calls its first-step rows);
+    the one after must still charge the 4 steps past 12."""
+    path = tmp_path / "metrics.jsonl"
+    write_rows(path, {"event": "start", "step": 0}, loss(10), loss(16))
+    before = path.read_text()
+    for killed_before_its_first_step in (True, False):
+        monitor = Monitor(workdir=str(tmp_path), is_chief=True, total_steps=100,
+                          stream=io.StringIO())
+        write_first_step_rows = run.first_step_rows(monitor, str(tmp_path), 12, 12)
+        if not killed_before_its_first_step:
+            write_first_step_rows()
+        monitor.close()
+    rows = [json.loads(line) for line in path.read_text()[len(before):].splitlines()]
+    assert [row["event"] for row in rows] == ["start", "resume"], rows
+    assert (rows[1]["restored_step"], rows[1]["steps_lost"]) == (12, 4), rows[1]

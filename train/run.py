@@ -207,9 +207,8 @@ def _train(parts, start, restored):
                        f"dataset={config.dataset}  global_batch={config.batch_size}  "
                        f"precision={config.precision}  "
                        f"steps={start}->{schedule.total_steps}")
-    on_first_step = (resume_reporter(monitor, config.workdir, restored)
+    on_first_step = (first_step_rows(monitor, config.workdir, restored, start)
                      if backend.is_chief else None)  # the chief's rows say it for all
-    monitor.write({"event": "start", "step": start})  # this process's rows begin here
     controller = Controller(
         trainer=trainer, schedule=schedule, checkpoints=parts.manager, monitor=monitor,
         watcher=parts.watcher, iterator=iterator, evaluate=lambda: trainer.evaluate(eval_dataset),
@@ -227,6 +226,21 @@ def _train(parts, start, restored):
         monitor.event("exported", step=final, path=os.path.join(config.workdir, "export"))
     backend.barrier("harness-train-done")  # no worker leaves while the chief still exports
     return final
+
+
+def first_step_rows(monitor, workdir, restored, start):
+    """The rows written after this process's first step: `start`, then `resume` if any.
+
+    `start` marks where this process's rows begin. Written after the first step, not
+    before: a process killed before it ran a step leaves no rows, so it does not hide the
+    steps that the process before it lost (previous_process)."""
+    report_resume = resume_reporter(monitor, workdir, restored)  # reads the log before we add
+
+    def write():
+        monitor.write({"event": "start", "step": start})
+        if report_resume is not None:
+            report_resume()
+    return write
 
 
 def resume_reporter(monitor, workdir, restored):
@@ -257,11 +271,11 @@ def previous_process(path):
     """(last logged train step or None, "preempted" | "finished" | "crashed") of the
     process that wrote the last rows of metrics.jsonl; None if there are no rows.
 
-    Each process writes a `start` row before its first step, so the previous process's
-    rows are those after the last `start` row (or `resume` row, in logs written before
-    there were `start` rows; or all, if there is neither). A process killed between its
-    first step and its `resume` row thus counts as having logged nothing, not as the
-    process before it.
+    Each process that ran a step writes a `start` row right after it (first_step_rows), so
+    the previous process's rows are those after the last `start` row (or `resume` row, in
+    logs written before there were `start` rows; or all, if there is neither). A process
+    that ran steps but died before logging one thus counts as having logged nothing, not
+    as the process before it; one that died before its first step left no rows at all.
     """
     last = end = None
     seen = False
