@@ -380,6 +380,27 @@ def test_training_goes_on_through_the_step_of_a_damaged_checkpoint(ckdir, two_sa
     assert_values(restored, values(state))
 
 
+def bytes_read_by_this_process():
+    with open("/proc/self/io") as f:  # rchar: bytes read(2)/pread(2) returned, cached or not
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_restore_reads_the_data_shard_once(ckdir):
+    """Each tensor's CRC32C is checked by the read that restores it, not by a read before."""
+    state = {"model": [tf.Variable(tf.fill([1 << 20], float(i))) for i in range(4)]}  # 16 MB
+    with manager(ckdir, state) as m:
+        m.save(1)
+    restored = {"model": [tf.Variable(tf.zeros([1 << 20])) for _ in range(4)]}
+    shard = os.path.getsize(os.path.join(ckdir, C1, "state.data-00000-of-00001"))
+    with manager(ckdir, restored) as m:
+        before = bytes_read_by_this_process()
+        assert m.restore() == 1
+        read = bytes_read_by_this_process() - before
+    assert shard <= read < 1.2 * shard, (read, shard)
+    assert_values(restored, values(state))
+
+
 def test_pointer_to_a_deleted_checkpoint_falls_back(ckdir, two_saved, caplog):
     shutil.rmtree(os.path.join(ckdir, "ckpt-00000002"))
     state = tiny_state()

@@ -211,22 +211,20 @@ class CheckpointManager:
 
     def restore(self, step=None):
         """Restore `step` (default: the latest valid); the restored step, or None if DIR
-        holds no checkpoint at all. Damaged or unfit checkpoints: see the module doc."""
+        holds no checkpoint at all. Damaged or unfit checkpoints: see the module doc.
+        After a CheckpointError the variables may hold a part of a damaged checkpoint."""
         self._settle()
+        # The restore itself checks every tensor's CRC32C as it reads (one read, not a
+        # check and then a restore): a damaged tensor may leave a part of its values in
+        # the variables, and the fallback then overwrites all of them (assert_consumed).
+        into = tf.train.Checkpoint(**{g: list(vs) for g, vs in self._groups.items()})
         if step is None:
-            found = cf.find_latest(self.directory, self._check, log.warning)
+            found = cf.find_latest(self.directory, lambda n: self._check(n, into), log.warning)
             if found is None:
                 return None
         else:
-            found = self._explicit(_as_step(step))
+            found = self._explicit(_as_step(step), into)
         name, manifest = found
-        path = os.path.join(self.directory, name)
-        reader = tf.train.Checkpoint(**{g: list(vs) for g, vs in self._groups.items()})
-        try:
-            reader.read(os.path.join(path, cf.STATE_PREFIX)).assert_consumed()
-        except (tf.errors.OpError, AssertionError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} could not be restored: "
-                                  f"{cf.describe(exc)[:300]}") from exc
         if step is None and self.is_chief and cf.read_pointer(self.directory)[0] != name:
             # Fell back past a damaged one: `latest` names what a resume uses, so that a
             # save at the damaged one's step replaces it (checkpoint_files.install).
@@ -263,23 +261,28 @@ class CheckpointManager:
         if self._inflight is not None:
             concurrent.futures.wait([self._inflight])
 
-    def _explicit(self, step):
+    def _explicit(self, step, into):
         if not os.path.isdir(self.path_of(step)):
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory} "
                                   f"(steps there: {self.all_steps() or 'none'})")
         try:
-            return cf.ckpt_name(step), self._check(cf.ckpt_name(step))
+            return cf.ckpt_name(step), self._check(cf.ckpt_name(step), into)
         except cf.Damaged as exc:
             raise CheckpointError(f"checkpoint {self.path_of(step)} is damaged: {exc}") from None
 
-    def _check(self, name):
-        """The manifest if `name` is intact and fits; Damaged, or CheckpointError if unfit."""
+    def _check(self, name, into=None):
+        """The manifest if `name` is intact and fits; Damaged, or CheckpointError if unfit.
+        With `into` (a tf.train.Checkpoint of the state), its tensors are checked by
+        restoring them into it."""
         path = os.path.join(self.directory, name)
         manifest = cf.load_manifest(path, cf.parse_step(name))
         cf.check_files(path, manifest, hashes=True)
-        if cf.needs_tensor_check(manifest):
-            _check_tensors(os.path.join(path, cf.STATE_PREFIX))
         cf.check_fit(name, manifest["variables"], self._specs, self._names)
+        prefix = os.path.join(path, cf.STATE_PREFIX)
+        if into is not None:
+            _read_state(into, prefix)
+        elif cf.needs_tensor_check(manifest):
+            _check_tensors(prefix)
         return manifest
 
     def _prepare_directory(self):
@@ -302,6 +305,17 @@ def _check_tensors(prefix):
             reader.get_tensor(key)
     except (tf.errors.OpError, ValueError) as exc:
         raise cf.Damaged(f"its tensors do not read back: {cf.describe(exc)[:200]}") from None
+
+
+def _read_state(into, prefix):
+    """Restore `into` from prefix; Damaged if a tensor fails its CRC32C (or does not read)."""
+    try:
+        into.read(prefix).assert_consumed()
+    except tf.errors.OpError as exc:
+        raise cf.Damaged(f"its tensors do not read back: {cf.describe(exc)[:200]}") from None
+    except (AssertionError, ValueError) as exc:  # check_fit passed: a mismatch it missed
+        raise CheckpointError(f"checkpoint {os.path.dirname(prefix)} could not be restored: "
+                              f"{cf.describe(exc)[:300]}") from exc
 
 
 def _make_reader(variables):
