@@ -25,6 +25,7 @@ TENSOR_CRC = "tensor_crc32c"  # a file's "check": every tensor's CRC32C in the (
 _DATA_SHARD = re.compile(re.escape(STATE_PREFIX) + r"\.data-\d+-of-\d+")
 _NAME = re.compile(r"ckpt-(\d{8,})")
 _CHUNK = 1 << 20
+_WRAPPED_OP = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
 
 class Damaged(Exception):
@@ -61,6 +62,7 @@ def describe(exc):
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    message = _WRAPPED_OP.sub("", message)  # the op's internal name says nothing to users
     return " ".join(message.split())
 
 
