@@ -304,7 +304,7 @@ def _check_tensors(prefix):
         for key in reader.get_variable_to_dtype_map():
             reader.get_tensor(key)
     except (tf.errors.OpError, ValueError) as exc:
-        raise cf.Damaged(f"its tensors do not read back: {cf.describe(exc)[:200]}") from None
+        raise _unreadable(exc) from None
 
 
 def _read_state(into, prefix):
@@ -312,10 +312,15 @@ def _read_state(into, prefix):
     try:
         into.read(prefix).assert_consumed()
     except tf.errors.OpError as exc:
-        raise cf.Damaged(f"its tensors do not read back: {cf.describe(exc)[:200]}") from None
+        raise _unreadable(exc) from None
     except (AssertionError, ValueError) as exc:  # check_fit passed: a mismatch it missed
         raise CheckpointError(f"checkpoint {os.path.dirname(prefix)} could not be restored: "
                               f"{cf.describe(exc)[:300]}") from exc
+
+
+def _unreadable(exc):
+    """The Damaged of a data shard whose tensors failed to read (a CRC32C mismatch)."""
+    return cf.Damaged(f"its tensors do not read back: {cf.describe(exc)[:200]}")
 
 
 def _make_reader(variables):
