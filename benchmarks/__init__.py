@@ -14,7 +14,7 @@ runs them in that order. Rules every subcommand keeps:
 
 Rooms: cli (flags, dispatch, output), measure (timing, interleaving, resource sampling,
 statistics), machine (what ran: CPU/GPU, versions, matmul GFLOP/s), flops (training FLOPs
-per image counted from the model), setup (models/trainers/data as a run builds them),
+per image counted from the model), harness (models/trainers/data as a run builds them),
 report (JSON, markdown table, plots), child (the child-process entry point), pin (CPU
 pinning wrapper for multi-process runs).
 """

@@ -30,6 +30,28 @@ def test_json_config_and_epochs_replace_default_steps(tmp_path):
     assert (config.epochs, config.steps, config.deterministic) == (2.0, None, True)
 
 
+def test_a_length_flag_overrides_the_files_other_length(tmp_path):
+    """--steps on the command line replaces the file's epochs, and --epochs its steps:
+    flags override the file, the run's length included (it was refused as "not both")."""
+    by_epochs, by_steps = tmp_path / "e.yaml", tmp_path / "s.yaml"
+    by_epochs.write_text("epochs: 3\n")
+    by_steps.write_text("steps: 70\n")
+    config = parse(tmp_path, "--config", str(by_epochs), "--steps", "9")
+    assert (config.steps, config.epochs) == (9, None)
+    config = parse(tmp_path, "--config", str(by_steps), "--epochs", "0.5")
+    assert (config.steps, config.epochs) == (None, 0.5)
+
+
+def test_a_file_that_gives_both_lengths_is_refused(tmp_path):
+    """A file with steps and epochs used to drop steps silently."""
+    path = tmp_path / "both.yaml"
+    path.write_text("steps: 70\nepochs: 3\n")
+    with pytest.raises(UsageError, match=r"both.yaml: give --steps or --epochs, not both"):
+        parse(tmp_path, "--config", str(path))
+    with pytest.raises(UsageError, match="not both"):
+        parse(tmp_path, "--steps", "5", "--epochs", "1")
+
+
 def test_boolean_flags_and_signal_lists(tmp_path):
     config = parse(tmp_path, "--no-augment", "--async-checkpoint",
                    "--preemption-signals", "SIGTERM,SIGUSR2")

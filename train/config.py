@@ -183,17 +183,28 @@ def parse_args(argv):
     values = {}
     config_path = args.pop("config", None)
     if config_path is not None:
-        for k, v in load_config_file(config_path).items():
-            values[k] = _coerce(k, v, f"--config {config_path}")
-    for k, v in args.items():
-        values[k] = _coerce(k, v, "flag")
-    if "epochs" in values and values["epochs"] is not None and "steps" not in args:
-        values["steps"] = None
+        from_file = {k: _coerce(k, v, f"--config {config_path}")
+                     for k, v in load_config_file(config_path).items()}
+        values.update(_run_length(from_file, f"--config {config_path}: "))
+    # A length given as a flag replaces the file's, whichever of the two each names.
+    values.update(_run_length({k: _coerce(k, v, "flag") for k, v in args.items()}, ""))
     if not values.get("workdir"):
         raise UsageError("--workdir is required")
     config = TrainConfig(**values)
     validate(config)
     return config
+
+
+def _run_length(values, where):
+    """steps and epochs are one setting, the run's length: a source gives one of them.
+    Returns values with the other one cleared, so that a later source overrides it."""
+    given = [k for k in ("steps", "epochs") if values.get(k) is not None]
+    if len(given) == 2:
+        raise UsageError(f"{where}give --steps or --epochs, not both")
+    if given:
+        other = "epochs" if given[0] == "steps" else "steps"
+        return {**values, other: None}
+    return values
 
 
 def _positive(config, name, allow_zero=False, allow_none=False):

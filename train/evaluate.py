@@ -10,8 +10,8 @@
 Every form of the same trained model gives the same loss and accuracy (train.export.evaluate).
 The `main` functions only parse flags and print; the work is in library functions that
 tests call directly. Bad input: one line `harness-eval: error: ...` on stderr, exit 2.
-Flags and file types are checked before TensorFlow is imported where possible (TF itself
-prints a start-up banner on stderr when it is imported).
+TensorFlow is imported first (train.cli), with its C++ start-up banner held back, so
+that the one-line contract holds whatever the flags are.
 """
 
 import dataclasses
