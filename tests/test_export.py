@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 from train import checkpoint, data, export, models, optimizers
+from train import evaluate as evaluate_lib
 from train.config import TrainConfig
 from train.datasets import shapes10
 from train.errors import UsageError
@@ -440,6 +441,25 @@ def test_cli_eval_line_and_explicit_step(workdir, capsys):
     assert float(fields["accuracy"]) == pytest.approx(workdir.at_2["accuracy"], abs=1e-6)
 
 
+def test_cli_eval_of_another_split_reports_it(workdir, capsys):
+    """--split takes any split the dataset has and the result names the one evaluated
+    (only 'test' was accepted, and 'test' was reported even for 'validation')."""
+    result = _eval_json(capsys, "--workdir", workdir.path, "--split", "train")
+    assert (result["split"], result["examples"]) == ("train", NUM_TRAIN)
+    info = data.dataset_info("shapes10", workdir.data_dir)
+    restored = evaluate_lib.restore_checkpoint(workdir.path)
+    expected = export.evaluate(export.make_predict_fn(restored.model), data.eval_dataset(
+        info, workdir.data_dir, global_batch_size=100, float_images=True, split="train"))
+    assert result["accuracy"] == expected["accuracy"] and result["examples"] == NUM_TRAIN
+
+
+def test_cli_eval_of_a_split_the_dataset_lacks_is_one_line(workdir, capsys):
+    assert eval_main(["--workdir", workdir.path, "--split", "validation"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "has no split 'validation'; it has test, train" in err
+
+
 def test_cli_export_of_a_step_into_out(workdir, tmp_path, capsys):
     out = str(tmp_path / "serve")
     assert export_main(["--workdir", workdir.path, "--step", "2", "--format", "saved_model",
@@ -470,7 +490,6 @@ def _assert_usage_error(rc, capsys, prog="harness-eval"):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--model-file", "{keras}", "--batch-size", "many"], "--batch-size: invalid int"),
     (["--model-file", "{keras}", "--batch-size", "0"], "--batch-size must be positive"),
-    (["--model-file", "{keras}", "--split", "train"], "--split: invalid choice"),
     (["--model-file", "/no/such/model.keras"], "--model-file /no/such/model.keras: no such"),
     (["--model-file", "{weights}"],
      "--model-file .*: not a whole-model .keras archive: .*use --weights"),

@@ -60,7 +60,17 @@ class DatasetInfo:
     image_shape: tuple  # (H, W, C)
     num_classes: int
     num_train: int
-    num_test: int
+    num_test: int  # examples in eval_split, the split training evaluates on
+    eval_split: str = "test"
+    split_sizes: tuple = ()  # ((split name, examples), ...): every split the dataset has
+
+    def split_size(self, split):
+        """Examples in `split`; UsageError naming the splits there are if it has none such."""
+        sizes = dict(self.split_sizes) or {"train": self.num_train, self.eval_split: self.num_test}
+        if split not in sizes:
+            raise UsageError(f"dataset {self.name!r} has no split {split!r}; it has "
+                             f"{', '.join(sorted(sizes))}")
+        return sizes[split]
 
 
 def default_data_dir() -> str:
@@ -74,12 +84,16 @@ def _data_dir(data_dir):
 def dataset_info(name: str, data_dir: str | None) -> DatasetInfo:
     """Describe a dataset; prepares a built-in one on first use; UsageError if unusable."""
     if name == SYNTHETIC:
-        return DatasetInfo(SYNTHETIC, (32, 32, 3), 10, 50_000, 10_000)
+        return DatasetInfo(SYNTHETIC, (32, 32, 3), 10, 50_000, 10_000,
+                           split_sizes=(("test", 10_000), ("train", 50_000)))
     builder = _builder(name, _data_dir(data_dir))
     features, splits = builder.info.features, builder.info.splits
+    eval_split = _eval_split(builder)
     return DatasetInfo(name, tuple(int(d) for d in features["image"].shape),
                        int(features["label"].num_classes), int(splits["train"].num_examples),
-                       int(splits[_eval_split(builder)].num_examples))
+                       int(splits[eval_split].num_examples), eval_split=eval_split,
+                       split_sizes=tuple(sorted((str(k), int(v.num_examples))
+                                                for k, v in splits.items())))
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,15 +169,13 @@ def _load_split(name, data_dir, split):
     return _SPLITS[key]
 
 
-def _batch_source(info, data_dir, training):
+def _batch_source(info, data_dir, split):
     """A function: int64 indices [B] -> (uint8 images [B, H, W, C], int32 labels [B])."""
     if info.name == SYNTHETIC:
         return functools.partial(
-            builtin_datasets.synthetic_batch, split="train" if training else "test",
+            builtin_datasets.synthetic_batch, split=split,
             image_shape=info.image_shape, num_classes=info.num_classes)
-    data_dir = _data_dir(data_dir)
-    split = "train" if training else _eval_split(_builder(info.name, data_dir))
-    images, labels = _load_split(info.name, data_dir, split)
+    images, labels = _load_split(info.name, _data_dir(data_dir), split)
     return lambda indices: (tf.gather(images, indices), tf.gather(labels, indices))
 
 
@@ -294,7 +306,7 @@ def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: 
     """
     worker, workers, batch = _sharding(global_batch_size, input_context)
     start_example = start_step * (global_batch_size // workers)
-    source = _batch_source(info, data_dir, training=True)
+    source = _batch_source(info, data_dir, "train")
 
     @_no_autograph
     def make_batch(indices, codes):
@@ -311,17 +323,20 @@ def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: 
 
 def eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
                  input_context: tf.distribute.InputContext | None = None,
-                 float_images: bool = False) -> tf.data.Dataset:
-    """The whole test split once, in order, sharded by worker; the last partial batch kept."""
+                 float_images: bool = False, split: str | None = None) -> tf.data.Dataset:
+    """A whole split (default: the evaluation split, info.eval_split) once, in order,
+    sharded by worker; the last partial batch kept."""
+    split = split or info.eval_split
+    num_examples = info.split_size(split)
     worker, workers, batch = _sharding(global_batch_size, input_context)
-    source = _batch_source(info, data_dir, training=False)
+    source = _batch_source(info, data_dir, split)
 
     @_no_autograph
     def make_batch(indices):
         images, labels = source(indices)
         return (to_float(images) if float_images else images), labels
 
-    ds = tf.data.Dataset.range(worker, info.num_test, workers)
+    ds = tf.data.Dataset.range(worker, num_examples, workers)
     ds = ds.batch(batch, drop_remainder=False)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
@@ -338,7 +353,7 @@ def padded_eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
     """
     worker, workers, batch = _sharding(global_batch_size, input_context)
     local_replicas = (input_context.num_replicas_in_sync // workers) if input_context else 1
-    source = _batch_source(info, data_dir, training=False)
+    source = _batch_source(info, data_dir, info.eval_split)
     per_worker = -(-info.num_test // workers)
     padded = -(-per_worker // (batch * local_replicas)) * batch * local_replicas
 

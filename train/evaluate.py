@@ -36,7 +36,7 @@ EXPORT_FORMATS = ("keras", "weights", "saved_model")
 def build_eval_parser():
     parser = ArgumentParser(
         prog="harness-eval",
-        description="Evaluate a trained model on a dataset's test split. Give exactly one "
+        description="Evaluate a trained model on a split of a dataset (default: its test split). Give exactly one "
                     "source: --workdir, --weights (with --model), --model-file or --saved-model.")
     source = parser.add_argument_group("source (exactly one)")
     source.add_argument("--workdir", help="a harness-train run directory: evaluate its latest "
@@ -54,9 +54,9 @@ def build_eval_parser():
                                            "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"evaluation batch size (default: {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--split", default="test", choices=["test"],
-                        help="dataset split (default: test; 'validation' where a dataset has "
-                             "no test split)")
+    parser.add_argument("--split",
+                        help="any split the dataset has (default: the split training "
+                             "evaluates on: 'test', else 'validation')")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead")
     return parser
 
@@ -106,6 +106,8 @@ def run_eval(args):
     dataset = args.dataset or config.get("dataset") or DEFAULT_DATASET
     data_dir = args.data_dir or config.get("data_dir")
     info = data.dataset_info(dataset, data_dir)
+    split = args.split or info.eval_split
+    info.split_size(split)  # a split the dataset lacks is bad input, before any loading
     step = None
     if args.workdir is not None:
         restored = restore_checkpoint(args.workdir, step=args.step)
@@ -127,9 +129,9 @@ def run_eval(args):
     check_fits(model, info, path)
     result = export.evaluate(export.make_predict_fn(model),
                              data.eval_dataset(info, data_dir, global_batch_size=args.batch_size,
-                                               float_images=True))
+                                               float_images=True, split=split))
     return {"source": source, "path": path, **({"step": step} if step is not None else {}),
-            "dataset": dataset, "split": args.split, **result}
+            "dataset": dataset, "split": split, **result}
 
 
 def check_fits(model, info, path):
