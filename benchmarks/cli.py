@@ -76,9 +76,7 @@ def _names(text):
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def build_parser():
-    common = argparse.ArgumentParser(add_help=False)
-    add = common.add_argument
+def _common_flags(add):
     add("--quick", action="store_true", help="reduced sizes: every benchmark in < 3 minutes")
     add("--json", metavar="FILE", help='write {"machine": {...}, "results": [...]}')
     add("--out", metavar="DIR", help="write results.md and PNG plots into DIR")
@@ -88,33 +86,64 @@ def build_parser():
         "(default 256; 64 with --quick); scaling: the batch per worker")
     add("--dataset", default="shapes10", help="shapes10 (default) or synthetic")
     add("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+
+
+def _size_flags(add):
     add("--steps", type=_positive, help="timed steps per repetition (default 100; 10 with "
         "--quick)")
     add("--warmup", type=_positive, help="warmup steps, excluded (default 10; 3 with --quick)")
     add("--reps", type=_positive, help="interleaved repetitions (default 5; 2 with --quick)")
-    add("--strategies", type=_names, default=("default", "mirrored"),
-        help="throughput: default and/or mirrored (default both)")
+
+
+def _throughput_flags(add):
+    add("--strategies", type=_names, help="default and/or mirrored (default both)")
     add("--replicas", type=_positive, help="mirrored: replicas (default: every GPU; on a "
         "host without GPUs, as many logical CPU devices as usable CPUs, at least 2)")
-    add("--steps-per-call", type=_ints, help="throughput: harness variants' steps per "
-        "compiled call (default 10,1; 10 with --quick)")
-    add("--precisions", type=_names, help="throughput: extra harness variants at these "
-        "--precision values, besides the default's (default fp32,mixed_bfloat16; none with "
-        "--quick); Keras fit stays float32")
-    add("--builds", type=_positive, help="throughput: builds of the harness under each "
-        "strategy behind mirrored's ÷ default (default 1); builds of one configuration "
-        "differ by up to ~3%% here, so 4 or more to resolve 2%%")
-    add("--intervals", type=_ints, help="checkpoint: save every N steps (default 1,10,100; "
-        "1,10 with --quick)")
-    add("--trials", type=_positive, help="resume: trials per kill kind (default 3; 1 with --quick)")
-    add("--workers", type=_ints, help="scaling: worker counts (default 1,2)")
+    add("--steps-per-call", type=_ints, help="harness variants' steps per compiled call "
+        "(default 10,1; 10 with --quick)")
+    add("--precisions", type=_names, help="extra harness variants at these --precision "
+        "values, besides the default's (default fp32,mixed_bfloat16; none with --quick); "
+        "Keras fit stays float32")
+    add("--builds", type=_positive, help="builds of the harness under each strategy behind "
+        "mirrored's ÷ default (default 1); builds of one configuration differ by up to ~3%% "
+        "here, so 4 or more to resolve 2%%")
+
+
+def _checkpoint_flags(add):
+    add("--intervals", type=_ints, help="save every N steps (default 1,10,100; 1,10 with "
+        "--quick)")
+
+
+def _resume_flags(add):
+    add("--trials", type=_positive, help="trials per kill kind (default 3; 1 with --quick)")
+
+
+def _scaling_flags(add):
+    add("--workers", type=_ints, help="worker counts (default 1,2)")
+
+
+# Each subcommand takes only the flags it reads (a flag of another one is an error, not
+# silently ignored); `all` takes them all.
+FLAGS = {
+    "throughput": (_common_flags, _size_flags, _throughput_flags),
+    "input": (_common_flags, _size_flags),
+    "checkpoint": (_common_flags, _size_flags, _checkpoint_flags),
+    "resume": (_common_flags, _resume_flags),
+    "scaling": (_common_flags, _size_flags, _scaling_flags),
+}
+FLAGS["all"] = tuple(dict.fromkeys(f for adders in FLAGS.values() for f in adders))
+
+
+def build_parser():
     parser = ArgumentParser(
         prog="harness-bench", description="Benchmarks of tf-harness against plain Keras "
         "fit, measured in one run: throughput, input, checkpoint, resume, scaling. "
         "`harness-bench SUBCOMMAND --help` lists the flags.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for name in SUBCOMMANDS + ("all",):
-        sub.add_parser(name, parents=[common], help=HELP[name], description=HELP[name])
+        command = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        for adder in FLAGS[name]:
+            adder(command.add_argument)
     return parser
 
 
@@ -126,22 +155,23 @@ def _module(name):
 
 def resolve(args, scratch):
     quick = args.quick
+    given = lambda name: getattr(args, name, None)  # noqa: E731  (not every subcommand's)
     sizes = measure.QUICK if quick else measure.FULL
-    sizes = dataclasses.replace(sizes, **{k: v for k, v in (
-        ("steps", args.steps), ("warmup", args.warmup), ("reps", args.reps)) if v})
+    sizes = dataclasses.replace(sizes, **{k: given(k) for k in ("steps", "warmup", "reps")
+                                          if given(k)})
     from train import data
 
     return Options(
         quick=quick, models=args.model or (("cnn",) if quick else ()),
         batch_sizes=args.batch_size or ((64,) if quick else (256,)),
         dataset=args.dataset, data_dir=os.path.expanduser(args.data_dir or data.default_data_dir()),
-        sizes=sizes, strategies=args.strategies,
-        replicas=args.replicas or _default_replicas(),
-        steps_per_call=args.steps_per_call or ((10,) if quick else (10, 1)),
-        precisions=args.precisions or (() if quick else ("fp32", "mixed_bfloat16")),
-        builds=args.builds or 1,
-        intervals=args.intervals or ((1, 10) if quick else (1, 10, 100)),
-        trials=args.trials or (1 if quick else 3), workers=args.workers or (1, 2),
+        sizes=sizes, strategies=given("strategies") or ("default", "mirrored"),
+        replicas=given("replicas") or _default_replicas(),
+        steps_per_call=given("steps_per_call") or ((10,) if quick else (10, 1)),
+        precisions=given("precisions") or (() if quick else ("fp32", "mixed_bfloat16")),
+        builds=given("builds") or 1,
+        intervals=given("intervals") or ((1, 10) if quick else (1, 10, 100)),
+        trials=given("trials") or (1 if quick else 3), workers=given("workers") or (1, 2),
         scratch=scratch)
 
 

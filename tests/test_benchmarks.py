@@ -127,11 +127,25 @@ def test_tables_show_machine_sections_and_errors():
 
 @pytest.mark.parametrize("argv, named", [
     (["throughput", "--batch-size", "0"], "--batch-size"), (["nonsense"], "nonsense"),
-    (["throughput", "--builds", "x"], "--builds"), ([], "SUBCOMMAND")])
+    (["throughput", "--builds", "x"], "--builds"), ([], "SUBCOMMAND"),
+    # another subcommand's flag is an error, not silently ignored
+    (["checkpoint", "--workers", "3"], "--workers"), (["resume", "--steps", "5"], "--steps"),
+    (["input", "--strategies", "mirrored"], "--strategies")])
 def test_cli_rejects_bad_flags_with_one_line_and_exit_2(capsys, argv, named):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("harness-bench: error:") and named in err
+
+
+def test_each_subcommand_takes_its_own_flags_and_all_takes_every_one():
+    parser = cli.build_parser()
+    args = parser.parse_args(["checkpoint", "--intervals", "5", "--steps", "7"])
+    assert (args.intervals, args.steps) == ((5,), 7) and not hasattr(args, "workers")
+    args = parser.parse_args(["all", "--workers", "1", "--intervals", "2", "--trials", "1",
+                              "--builds", "2", "--strategies", "default"])
+    assert (args.workers, args.intervals, args.trials, args.builds) == ((1,), (2,), 1, 2)
+    opts = cli.resolve(parser.parse_args(["resume", "--quick"]), "/tmp")
+    assert opts.strategies == ("default", "mirrored") and opts.intervals == (1, 10)
 
 
 def test_pinning_gives_each_local_rank_its_own_cpus():
