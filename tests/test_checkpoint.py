@@ -512,10 +512,15 @@ def test_write_failure_raises_in_the_main_thread(ckdir, monkeypatch, async_save)
     assert_values(state, expected)
 
 
-def test_saving_over_the_latest_without_restoring_is_refused(ckdir, two_saved):
-    with manager(ckdir, tiny_state()) as m:
-        with pytest.raises(CheckpointWriteError, match="restore"):
+@pytest.mark.parametrize("async_save", [False, True])
+def test_saving_over_the_latest_without_restoring_is_refused(ckdir, two_saved, async_save):
+    """A save that cannot be right is a CheckpointError (exit 2) from the writer thread,
+    sync or async: it used to be rewrapped as a write failure (exit 1)."""
+    with manager(ckdir, tiny_state(), async_save=async_save) as m:
+        with pytest.raises(CheckpointError, match="save at step 2 failed: .*restore") as e:
             m.save(2)
+            m.wait()
+        assert e.value.exit_code == 2 and not isinstance(e.value, CheckpointWriteError)
     assert sorted(os.listdir(ckdir)) == ["ckpt-00000001", "ckpt-00000002", "latest"]
 
 

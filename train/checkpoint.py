@@ -54,7 +54,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from train import checkpoint_files as cf
-from train.errors import CheckpointError, CheckpointWriteError, UsageError
+from train.errors import CheckpointError, CheckpointWriteError, HarnessError, UsageError
 
 log = logging.getLogger(__name__)
 _GROUP = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -141,7 +141,7 @@ class CheckpointManager:
             return
         try:
             future.result()
-        except CheckpointWriteError:
+        except HarnessError:
             self._last_step = None  # let the caller retry the same step
             raise
 
@@ -155,8 +155,14 @@ class CheckpointManager:
                 self._executor = None
 
     def _write(self, job):
+        """One rule for a failed save, sync or async alike: a HarnessError keeps its class
+        (and so its exit code: a save that cannot be right, e.g. over the latest
+        checkpoint without a restore, is exit 2); anything else (disk full, permissions)
+        becomes CheckpointWriteError, exit 1."""
         try:
             self._write_checkpoint(job)
+        except HarnessError as exc:
+            raise type(exc)(f"checkpoint save at step {job.step} failed: {exc}") from exc
         except Exception as exc:
             raise CheckpointWriteError(
                 f"checkpoint save at step {job.step} failed: {cf.describe(exc)}") from exc
