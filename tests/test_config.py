@@ -117,3 +117,21 @@ def test_help_documents_every_flag_with_its_default(capsys):
     for field in config_lib.TrainConfig.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in text
     assert "(default: 128)" in text and "(default: shapes10)" in text
+
+
+@pytest.mark.parametrize("message, line", [
+    ("", "ValueError"), ("   \n\n", "ValueError"), ("\n  first  \nsecond", "first"),
+    ("only", "only")])
+def test_first_line_of_an_error_is_never_blank_and_never_fails(message, line):
+    """One helper for every one-line error (two of its former copies raised IndexError on
+    an empty message)."""
+    from train.errors import first_line
+
+    assert first_line(ValueError(message)) == line
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("a: [1,\n")
+    with pytest.raises(UsageError, match=r"bad.yaml: malformed \(.+\)$"):
+        parse(tmp_path, "--config", str(path))

@@ -1,7 +1,6 @@
 """The decoded-split cache: served only while the dataset's files are unchanged, never
 an error; and the process age behind time_to_resume_s."""
 
-import os
 import subprocess
 import sys
 import time

@@ -14,7 +14,7 @@ import os
 import signal
 from typing import Optional
 
-from train.errors import ArgumentParser, UsageError
+from train.errors import ArgumentParser, UsageError, first_line
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
@@ -135,8 +135,7 @@ def load_config_file(path):
 
             data = yaml.safe_load(text)
     except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"--config {path}: malformed ({first})")
+        raise UsageError(f"--config {path}: malformed ({first_line(e)})")
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

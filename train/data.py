@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 
 from train import datasets as builtin_datasets  # importing registers shapes10 with TFDS
 from train import split_cache
-from train.errors import UsageError
+from train.errors import UsageError, first_line
 
 DEFAULT_DATASET = "shapes10"
 SYNTHETIC = "synthetic"
@@ -119,7 +119,7 @@ def _open_prepared(name, base, data_dir):
             builder = tfds.builder(name, data_dir=data_dir)
             prepared = builder.is_prepared()
     except Exception as e:  # noqa: BLE001  (any TFDS failure is bad input here)
-        raise UsageError(f"cannot open dataset {name!r} in {data_dir}: {_one_line(e)}") from None
+        raise UsageError(f"cannot open dataset {name!r} in {data_dir}: {first_line(e)}") from None
     if not prepared:
         # No download here: it could hang on a machine without internet, and N workers
         # downloading at once into one directory would race.
@@ -146,10 +146,6 @@ def _check_features(name, builder):
 
 def _eval_split(builder):
     return next((s for s in ("test", "validation") if s in builder.info.splits), None)
-
-
-def _one_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _load_split(name, data_dir, split):

@@ -43,6 +43,13 @@ class Preempted(HarnessError):
     exit_code = EXIT_PREEMPTED
 
 
+def first_line(error):
+    """The first non-blank line of an exception's message, stripped; the exception's type
+    name when the message is empty (an error line must never be blank, nor fail itself)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises UsageError (one line, exit 2) instead of printing its usage
     block; --help still prints and exits 0. Subparsers inherit the class."""

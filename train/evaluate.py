@@ -20,7 +20,7 @@ import os
 import sys
 import types
 
-from train.errors import EXIT_OK, ArgumentParser, UsageError
+from train.errors import EXIT_OK, ArgumentParser, UsageError, first_line
 
 DEFAULT_DATASET = "shapes10"
 DEFAULT_BATCH_SIZE = 256
@@ -252,7 +252,7 @@ def read_run_config(workdir):
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: unreadable run config ({str(e).splitlines()[0]})") from None
+        raise UsageError(f"{path}: unreadable run config ({first_line(e)})") from None
     if not isinstance(config, dict) or not config.get("model"):
         raise UsageError(f"{path}: run config without a 'model'")
     return config

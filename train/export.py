@@ -41,7 +41,7 @@ import zipfile
 
 import numpy as np
 
-from train.errors import UsageError
+from train.errors import UsageError, first_line
 
 KERAS_FILE = "model.keras"
 WEIGHTS_FILE = "model.weights.h5"
@@ -115,7 +115,7 @@ def dtype_policy_scope(policy):
     try:
         keras.config.set_dtype_policy(policy)
     except ValueError as e:
-        raise UsageError(f"unknown dtype policy {policy!r} ({_first_line(e)})") from None
+        raise UsageError(f"unknown dtype policy {policy!r} ({first_line(e)})") from None
     try:
         yield
     finally:
@@ -354,11 +354,6 @@ def check_kind(path, expected, flag=None):
         raise UsageError(f"{where}: not {_EXPECTED[expected]}: {why}")
 
 
-def _first_line(error):
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0].strip() if lines else type(error).__name__
-
-
 # --------------------------------------------------------------------------- loaders
 
 
@@ -387,7 +382,7 @@ def load_weights_model(path, model_name, input_shape, num_classes, *, dtype_poli
                 model.load_weights(source)
         except Exception as e:  # noqa: BLE001  (Keras raises ValueError/KeyError/OSError)
             raise UsageError(f"{path}: weights do not fit model {model_name!r}: "
-                             f"{_first_line(e)}") from None
+                             f"{first_line(e)}") from None
     return model
 
 
@@ -405,7 +400,7 @@ def _weight_shapes_in_file(path):
                 lambda name, obj: shapes.append(tuple(obj.shape))
                 if isinstance(obj, h5py.Dataset) else None)
     except OSError as e:
-        raise UsageError(f"{path}: unreadable HDF5 file ({_first_line(e)})") from None
+        raise UsageError(f"{path}: unreadable HDF5 file ({first_line(e)})") from None
     return shapes
 
 
@@ -455,7 +450,7 @@ def load_keras_model(path):
                 warnings.simplefilter("ignore")
                 return keras.models.load_model(source, compile=True)
         except Exception as e:  # noqa: BLE001
-            raise UsageError(f"{path}: cannot load the model ({_first_line(e)})") from None
+            raise UsageError(f"{path}: cannot load the model ({first_line(e)})") from None
 
 
 def load_saved_model(path):
@@ -466,7 +461,7 @@ def load_saved_model(path):
     try:
         loaded = tf.saved_model.load(path)
     except Exception as e:  # noqa: BLE001
-        raise UsageError(f"{path}: cannot load the SavedModel ({_first_line(e)})") from None
+        raise UsageError(f"{path}: cannot load the SavedModel ({first_line(e)})") from None
     signature = getattr(loaded, "signatures", {}).get(SERVING_SIGNATURE)
     if signature is None:
         raise UsageError(f"{path}: SavedModel has no {SERVING_SIGNATURE!r} signature")

@@ -23,7 +23,7 @@ on the raw `tf.Variable`s under the Keras variables:
 import tensorflow as tf
 
 from train.distribute import Backend
-from train.errors import UsageError
+from train.errors import UsageError, first_line
 
 INSTALL_HINT = "build it with: bash launch/build_horovod.sh (see README)"
 ROOT_RANK = 0
@@ -36,19 +36,14 @@ def _import_horovod():
     except ModuleNotFoundError as e:
         if e.name in ("horovod", "horovod.tensorflow"):
             raise UsageError(f"--strategy horovod: horovod is not installed; {INSTALL_HINT}")
-        raise UsageError(f"--strategy horovod: horovod cannot be loaded ({_first_line(e)}); "
+        raise UsageError(f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); "
                          f"{INSTALL_HINT}")
     except (ImportError, OSError, tf.errors.NotFoundError) as e:
         # Typically its op library was built against another TensorFlow.
-        raise UsageError(f"--strategy horovod: horovod cannot be loaded ({_first_line(e)}); "
+        raise UsageError(f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); "
                          "rebuild it for this TensorFlow with: "
                          "HOROVOD_REBUILD=1 bash launch/build_horovod.sh")
     return hvd
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class HorovodBackend(Backend):

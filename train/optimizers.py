@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from train.errors import UsageError
+from train.errors import UsageError, first_line
 
 
 @keras.saving.register_keras_serializable(package="tf_harness")
@@ -55,7 +55,7 @@ def init_from_keras_file(path, model, optimizer):
     try:
         loaded = keras.models.load_model(path, compile=True)
     except Exception as e:  # Keras raises ValueError/OSError/zipfile errors for bad files
-        raise UsageError(f"--init-from {path}: not a loadable Keras model ({str(e).splitlines()[0]})")
+        raise UsageError(f"--init-from {path}: not a loadable Keras model ({first_line(e)})")
     _copy(loaded.weights, model.weights, f"--init-from {path}: model does not fit")
     source = getattr(loaded, "optimizer", None)
     if source is not None and len(source.variables) == len(optimizer.variables):

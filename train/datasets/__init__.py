@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from train.datasets import shapes10  # noqa: F401  (import registers the builder)
-from train.errors import UsageError
+from train.errors import UsageError, first_line
 
 BUILTIN = ("shapes10",)
 SYNTHETIC_SALT = {"train": 0x5EED0001, "test": 0x5EED0002}
@@ -61,8 +61,7 @@ def prepare(name, data_dir):
                 builder.download_and_prepare()
         return builder
     except (OSError, tf.errors.OpError) as e:  # e.g. a read-only or full data dir
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"cannot prepare dataset {name!r} in {data_dir}: {first_line}") from None
+        raise UsageError(f"cannot prepare dataset {name!r} in {data_dir}: {first_line(e)}") from None
 
 
 def _mix32(x):
