@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from train import checkpoint, data, export, models, optimizers
-from train import evaluate as evaluate_lib
+from train import durable, evaluate as evaluate_lib
 from train.config import TrainConfig
 from train.datasets import shapes10
 from train.errors import UsageError
@@ -334,7 +334,7 @@ def test_crash_after_temp_written_keeps_previous_artifact(trained, tmp_path, mon
         assert os.path.exists(tmp) and os.path.basename(tmp).startswith(".tmp-")
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(export, target, crash)
+    monkeypatch.setattr(durable, target, crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_model(*_other_model(), out, formats=[fmt])
     monkeypatch.undo()

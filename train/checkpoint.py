@@ -54,6 +54,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from train import checkpoint_files as cf
+from train import durable
 from train.errors import CheckpointError, CheckpointWriteError, HarnessError, UsageError
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class CheckpointManager:
         if step is None and self.is_chief and cf.read_pointer(self.directory)[0] != name:
             # Fell back past a damaged one: `latest` names what a resume uses, so that a
             # save at the damaged one's step replaces it (checkpoint_files.install).
-            cf.replace_text_durably(self.directory, cf.POINTER, name + "\n")
+            durable.write_text(self.directory, cf.POINTER, name + "\n")
         self._last_step = manifest["step"]
         return manifest["step"]
 

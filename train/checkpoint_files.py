@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 
+from train import durable
 from train.errors import CheckpointError, UsageError
 
 FORMAT_VERSION = 2  # 2: data shards checked by TensorFlow's CRCs, not sha256 (1 still reads)
@@ -66,20 +67,6 @@ def describe(exc):
     return " ".join(message.split())
 
 
-def fsync_dir(path):
-    # A rename is durable only once the directory holding the entry is synced.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def file_sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -129,14 +116,7 @@ def stage_text(directory, name, text):
 def commit_text(directory, staged, name):
     """Atomically replace directory/name by the fsynced file `staged`; fsync directory."""
     os.replace(staged, os.path.join(directory, name))
-    fsync_dir(directory)
-
-
-def replace_text_durably(directory, name, text):
-    """Atomically replace directory/name with text: tmp file, fsync, os.replace, fsync dir."""
-    staged = stage_text(directory, name, text)
-    fsync_file(staged)
-    commit_text(directory, staged, name)
+    durable.fsync(directory)
 
 
 def read_pointer(directory):
@@ -245,8 +225,8 @@ def seal_checkpoint(tmp, manifest, *, sync_too=()):
     files = {n: file_record(os.path.join(tmp, n)) for n in names}
     write_manifest(os.path.join(tmp, MANIFEST), dict(manifest, files=files))
     for path in [*(os.path.join(tmp, n) for n in [*names, MANIFEST]), *sync_too]:
-        fsync_file(path)
-    fsync_dir(tmp)
+        durable.fsync(path)
+    durable.fsync(tmp)
 
 
 def install(directory, tmp, name):
@@ -259,7 +239,7 @@ def install(directory, tmp, name):
         # to an older one): this run's state replaces it.
         remove_dir(directory, name)
     os.rename(tmp, os.path.join(directory, name))
-    fsync_dir(directory)
+    durable.fsync(directory)
 
 
 def remove_leftovers(directory):

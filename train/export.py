@@ -18,11 +18,10 @@ Formats written by `export_model` into one directory:
 
 The fourth way, training checkpoints, is train.checkpoint's; train.evaluate restores one.
 
-Atomicity: every artifact is written under a hidden temporary name in the same directory
-and then renamed over the final name (a file with os.replace; a directory by renaming the
-old one away, renaming the new one in, then deleting the old one). A crash mid-export
-never leaves a torn artifact under a final name: the previous one stays until the new one
-is complete.
+Atomicity: every artifact is written through train.durable (a hidden temporary name,
+fsync, rename over the final name, fsync of the directory). A crash mid-export never
+leaves a torn artifact under a final name: the previous one stays until the new one is
+complete.
 
 Importing this module does not import TensorFlow (the functions that need it do), so a
 command line can reject a missing path or a wrong file type (`check_kind`) before TF's
@@ -33,14 +32,13 @@ import collections
 import contextlib
 import json
 import os
-import shutil
 import tempfile
-import uuid
 import warnings
 import zipfile
 
 import numpy as np
 
+from train import durable
 from train.errors import UsageError, first_line
 
 KERAS_FILE = "model.keras"
@@ -54,8 +52,6 @@ SERVING_SIGNATURE = "serving_default"
 # Keras clips probabilities to [EPSILON, 1 - EPSILON] (keras.config.epsilon()) before the
 # log; so do we, so that evaluate() agrees with model.evaluate() for a compiled model.
 EPSILON = 1e-7
-_TMP = ".tmp-"
-_OLD = ".old-"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
@@ -73,22 +69,22 @@ def export_model(model, optimizer, directory, *, formats=FORMATS, meta=None):
     """
     formats = _check_formats(formats)
     os.makedirs(directory, exist_ok=True)
-    _remove_stale_temporaries(directory)
+    durable.remove_stale_temporaries(directory)
     model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"])
     written = {}
     info = {"model": model.name, "image_shape": list(model.input_shape[1:]),
             "num_classes": int(model.output_shape[-1]), "dtype_policy": model.dtype_policy.name}
     if "keras" in formats:
-        written["keras"] = _write_file(directory, KERAS_FILE, model.save)
+        written["keras"] = durable.write_file(directory, KERAS_FILE, model.save)
     if "weights" in formats:
-        written["weights"] = _write_file(directory, WEIGHTS_FILE,
+        written["weights"] = durable.write_file(directory, WEIGHTS_FILE,
                                          _weights_only(model).save_weights)
     if "saved_model" in formats:
-        written["saved_model"] = _write_dir(directory, SAVED_MODEL_DIR,
+        written["saved_model"] = durable.write_dir(directory, SAVED_MODEL_DIR,
                                             lambda path: _export_saved_model(model, path))
     body = json.dumps({**info, **(meta or {}), "formats": sorted(written)}, indent=2,
                       sort_keys=True)
-    written["meta"] = _write_file(directory, META_FILE, lambda path: _write_text(path, body))
+    written["meta"] = durable.write_file(directory, META_FILE, lambda path: _write_text(path, body))
     return written
 
 
@@ -160,121 +156,6 @@ def _export_saved_model(model, path):
 def _write_text(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text + "\n")
-
-
-def _temporary_name(directory, name):
-    # Keep the final name as the suffix: Keras insists on ".keras" / ".weights.h5".
-    return os.path.join(directory, f"{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
-
-
-def _write_file(directory, name, write):
-    """write(tmp_path), fsync, then rename over directory/name."""
-    final = os.path.join(directory, name)
-    tmp = _temporary_name(directory, name)
-    try:
-        write(tmp)
-        _fsync_path(tmp)
-        _commit_file(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_path(directory)
-    return final
-
-
-def _write_dir(directory, name, write):
-    """write(tmp_dir), fsync its files, then swap it in for directory/name."""
-    final = os.path.join(directory, name)
-    tmp = _temporary_name(directory, name)
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        _commit_dir(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_path(directory)
-    return final
-
-
-def _commit_file(tmp, final):
-    os.replace(tmp, final)
-
-
-def _commit_dir(tmp, final):
-    """Rename the old directory away, the new one in, then delete the old one.
-
-    A crash between the two renames leaves no directory under the final name (the old
-    one survives under its .old- name); never a half-written one.
-    """
-    old = None
-    if os.path.lexists(final):
-        old = os.path.join(os.path.dirname(final),
-                           f"{_OLD}{os.getpid()}-{uuid.uuid4().hex[:8]}-{os.path.basename(final)}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old is not None:
-        _remove(old)
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-
-
-def _remove_stale_temporaries(directory):
-    """Leftovers of an export killed mid-way (its process is gone): a temporary is deleted;
-    an old directory renamed away is put back if nothing replaced it, else deleted."""
-    for entry in sorted(os.listdir(directory)):
-        if not entry.startswith((_TMP, _OLD)):
-            continue
-        parts = entry.split("-", 3)  # .tmp / .old, pid, random, final name
-        try:
-            pid = int(parts[1])
-            name = parts[3]
-        except (IndexError, ValueError):
-            continue
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        path, final = os.path.join(directory, entry), os.path.join(directory, name)
-        if entry.startswith(_OLD) and not os.path.lexists(final):
-            os.rename(path, final)
-        else:
-            _remove(path)
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_path(path):
-    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root):
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for filename in filenames:
-            _fsync_path(os.path.join(dirpath, filename))
-        _fsync_path(dirpath)
 
 
 # --------------------------------------------------------------------------- inspect paths

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from train import checkpoint, data, distribute, models, optimizers, precision
+from train import checkpoint, data, distribute, durable, models, optimizers, precision
 from train.controller import Controller, Schedule
 from train.errors import UsageError
 from train.loop import RECORD_INDICES_ENV, Trainer
@@ -52,14 +52,8 @@ def check_same_run(workdir, identity):
 
 
 def write_run_config(workdir, config, identity, steps):
-    body = {**config.to_json(), **identity, "total_steps": steps}
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(body, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    durable.write_json(workdir, CONFIG_FILE, {**config.to_json(), **identity,
+                                              "total_steps": steps})
 
 
 def setup_numerics(config):
