@@ -102,7 +102,9 @@ def keras_window(model, dataset, steps, rewarm, interval, path, saves):
 
 
 def measure_config(opts, model, batch):
-    from train import data, distribute, run as train_run
+    from train import run as train_run
+    from train.data import pipeline as data
+    from train.distribute import base as distribute
 
     sizes = opts.sizes
     workdir = os.path.join(opts.scratch, f"checkpoint-{model}-{batch}")
@@ -138,7 +140,7 @@ def measure_config(opts, model, batch):
 
 
 def _manager(parts, directory, async_save):
-    from train import checkpoint
+    from train.checkpoint import manager as checkpoint
 
     trainer = parts.trainer
     return checkpoint.CheckpointManager(

@@ -4,7 +4,7 @@
   pipeline through the backend, and the real Controller for the outer loop;
 * plain Keras: the seed's `model.compile(adam, sparse_categorical_crossentropy,
   accuracy)` + `model.fit` on the same model architecture, the same tf.data pipeline
-  (train.data.train_dataset) and the same global batch.
+  (train.data.pipeline.train_dataset) and the same global batch.
 
 Every window function returns the seconds of exactly `steps` timed training steps.
 """
@@ -15,12 +15,13 @@ import time
 
 import keras
 
-from train import data, models, run
+from train import models, run
+from train.data import pipeline as data
 from train.config import TrainConfig
-from train.controller import Controller, Schedule
-from train.loop import Trainer
+from train.loops.controller import Controller, Schedule
+from train.loops.trainer import Trainer
 from train.monitor import Monitor
-from train.preemption import PreemptionWatcher
+from train.loops.preemption import PreemptionWatcher
 
 NEVER = 10 ** 12  # a schedule interval that never comes
 
@@ -114,7 +115,7 @@ def trainer_steps(parts, steps, iterator=None, steps_per_call=None):
 
 def build_keras(config, backend, info):
     """The seed's model.compile under the same strategy; the same pipeline for fit."""
-    from train import export
+    from train.export import write as export
 
     keras.utils.set_random_seed(config.seed)  # the harness model's initial weights too
     # float32 whatever the harness runs in: the seed's model, as plain Keras builds it.

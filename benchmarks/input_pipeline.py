@@ -1,9 +1,9 @@
 """`input`: each training pipeline alone, against the rate training consumes.
 
-Pipelines: train.data.train_dataset for the chosen dataset and `synthetic`, each with
+Pipelines: train.data.pipeline.train_dataset for the chosen dataset and `synthetic`, each with
 and without augmentation (crop + flip), as the trainer uses them: with augmentation the
 pipeline carries per-example codes and the trainer augments inside its compiled step
-(train.loop). Variants, interleaved in one process:
+(train.loops.trainer). Variants, interleaved in one process:
 
   pipe:<p>         the pipeline alone: batches pulled inside a tf.function (as the trainer
                    pulls them), no model
@@ -44,7 +44,9 @@ def _label(dataset, augment):
 def measure_config(opts, model, batch):
     import keras
 
-    from train import data, distribute, run as train_run
+    from train import run as train_run
+    from train.data import pipeline as data
+    from train.distribute import base as distribute
 
     sizes = opts.sizes
     with tempfile.TemporaryDirectory(prefix="bench-input-", dir=opts.scratch) as workdir:
@@ -101,7 +103,7 @@ def _iterators(config, backend, dataset, augment, data_dir):
     """(pipeline-only iterator, training iterator through the backend) of one pipeline."""
     import dataclasses
 
-    from train import data
+    from train.data import pipeline as data
 
     cfg = dataclasses.replace(config, dataset=dataset, augment=augment)
     dataset_fn = harness.harness_dataset_fn(cfg, data.dataset_info(dataset, data_dir))

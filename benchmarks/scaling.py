@@ -41,8 +41,8 @@ def horovod_missing():
     """Why Horovod variants cannot run here, or None."""
     if importlib.util.find_spec("horovod") is None:
         return "skipped: horovod not installed"
-    if importlib.util.find_spec("train.horovod_backend") is None:
-        return "skipped: train.horovod_backend not available"
+    if importlib.util.find_spec("train.distribute.horovod") is None:
+        return "skipped: train.distribute.horovod not available"
     from launch import plan
     from train.errors import UsageError
 

@@ -13,7 +13,7 @@ Invariants:
   and nothing could restart or prefix them. So under Slurm, run one launcher per node
   (`srun --ntasks-per-node=1 harness-launch --nproc WORLD -- ...`); the workers still
   get a plain TF_CONFIG. (`srun -n WORLD harness-train ...` without the launcher keeps
-  working through the resolver in train.distribute.)
+  working through the resolver in train.distribute.base.)
 - Bad input raises `UsageError` with one line that names the flag or variable.
 """
 

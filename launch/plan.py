@@ -101,7 +101,7 @@ def _multiworker_workers(restart, *, spec, command, env):
 
 
 def _kept_tf_config_worker(restart, *, config, command, env):
-    # Rank as train.distribute counts it: the chief first, then the workers.
+    # Rank as train.distribute.base counts it: the chief first, then the workers.
     chiefs = len(config["cluster"].get("chief", []))
     index = int(config["task"]["index"])
     rank = index + chiefs if config["task"]["type"] == "worker" else index

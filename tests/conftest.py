@@ -12,7 +12,7 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def pytest_configure(config):
-    # Decoded splits (train.split_cache) go to a directory of this session, not ~/.cache;
+    # Decoded splits (train.data.split_cache) go to a directory of this session, not ~/.cache;
     # set before any test runs, so every child process inherits it.
     os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="harness-cache-")
 

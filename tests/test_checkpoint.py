@@ -1,4 +1,4 @@
-"""train.checkpoint: round trips, async, retention, crashes at every phase, damage, misuse."""
+"""train.checkpoint.manager: round trips, async, retention, crashes at every phase, damage, misuse."""
 
 import errno
 import logging
@@ -16,9 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from train import checkpoint_files as cf  # noqa: E402
+from train.checkpoint import files as cf  # noqa: E402
 from train import models  # noqa: E402
-from train.checkpoint import CheckpointManager, CheckpointOptions  # noqa: E402
+from train.checkpoint.manager import CheckpointManager, CheckpointOptions  # noqa: E402
 from train.errors import CheckpointError, CheckpointWriteError, UsageError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +156,7 @@ def test_async_snapshot_survives_in_place_updates(ckdir, monkeypatch):
     # them. The write is held back until after the updates.
     import threading
 
-    from train import checkpoint
+    from train.checkpoint import manager as checkpoint
 
     state = tiny_state()
     fill(state, seed=1)
@@ -240,7 +240,7 @@ def test_keep_every_hours_survives_restarts(ckdir):
 FAULT_SCRIPT = textwrap.dedent("""
     import os, sys
     import tensorflow as tf
-    from train.checkpoint import CheckpointManager, CheckpointOptions
+    from train.checkpoint.manager import CheckpointManager, CheckpointOptions
     phase = os.environ.pop("HARNESS_CHECKPOINT_FAULT")
     weights = tf.Variable(tf.zeros([3, 4]))
     step = tf.Variable(0, dtype=tf.int64)
@@ -334,7 +334,7 @@ def _write_pointer(ckdir, text):
 def test_damage_falls_back_with_a_warning(ckdir, two_saved, caplog, damage, expected, named):
     damage(os.path.join(ckdir, "ckpt-00000002"))
     state = tiny_state()
-    with caplog.at_level(logging.WARNING, logger="train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="train.checkpoint.manager"):
         with manager(ckdir, state) as m:
             assert m.restore() == expected
     assert named in caplog.text
@@ -406,7 +406,7 @@ def test_restore_reads_the_data_shard_once(ckdir):
 def test_pointer_to_a_deleted_checkpoint_falls_back(ckdir, two_saved, caplog):
     shutil.rmtree(os.path.join(ckdir, "ckpt-00000002"))
     state = tiny_state()
-    with caplog.at_level(logging.WARNING, logger="train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="train.checkpoint.manager"):
         with manager(ckdir, state) as m:
             assert m.restore() == 1
     assert "ckpt-00000002, which does not exist" in caplog.text

@@ -1,4 +1,4 @@
-"""train.data: the index stream, exact resume, sharding, batch sizes, errors, eval coverage."""
+"""train.data.pipeline: the index stream, exact resume, sharding, batch sizes, errors, eval coverage."""
 
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import data
-from train.datasets import shapes10
+from train.data import pipeline as data
+from train.data.builtin import shapes10
 from train.errors import UsageError
 
 # A tiny stand-in with CIFAR shape: synthetic examples are computed from their index, so
@@ -211,8 +211,8 @@ def test_eval_covers_each_test_example_once(shapes_dir):
 
 _PREPARE = """
 import sys
-from train import data
-from train.datasets import shapes10
+from train.data import pipeline as data
+from train.data.builtin import shapes10
 shapes10.NUM_TRAIN, shapes10.NUM_TEST = 200, 50
 print(data.dataset_info("shapes10", sys.argv[1]).num_train)
 """

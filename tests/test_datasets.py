@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from train import datasets
-from train.datasets import shapes10
+from train.data import builtin as datasets
+from train.data.builtin import shapes10
 
 SMALL_TRAIN, SMALL_TEST = 300, 100  # a small build keeps each test to about a second
 

@@ -1,4 +1,4 @@
-"""train.distribute: how each backend feeds its replicas."""
+"""train.distribute.base: how each backend feeds its replicas."""
 
 import threading
 import types
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import distribute
+from train.distribute import base as distribute
 
 
 class FakeStrategy:

@@ -1,6 +1,6 @@
-"""train.export and train.evaluate: the seed's four forms of a trained model.
+"""train.export.write and train.cli.evaluate: the seed's four forms of a trained model.
 
-Checkpoint (train.checkpoint), weights only, whole model and SavedModel must predict the
+Checkpoint (train.checkpoint.manager), weights only, whole model and SavedModel must predict the
 same as the in-memory model and evaluate to the same loss and accuracy; model.keras keeps
 the optimizer state; loaders and harness-eval reject bad input with one line (exit 2);
 an export interrupted mid-way leaves the previous artifact intact.
@@ -20,12 +20,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import checkpoint, data, export, models, optimizers
-from train import durable, evaluate as evaluate_lib
+from train import models, optimizers
+from train.checkpoint import manager as checkpoint
+from train.data import pipeline as data
+from train.export import write as export
+from train import durable
+from train.cli import evaluate as evaluate_lib
 from train.config import TrainConfig
-from train.datasets import shapes10
+from train.data.builtin import shapes10
 from train.errors import UsageError
-from train.evaluate import eval_main, export_main
+from train.cli.evaluate import eval_main, export_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE, CLASSES = (18, 18, 3), 4  # the smallest input the seed CNN takes is 18x18
@@ -35,7 +39,7 @@ ALL_FILES = ["export.json", "model.keras", "model.weights.h5", "saved_model"]
 
 
 def _train(model, optimizer, batches):
-    """A few plain optimizer steps (like train.loop, without a strategy)."""
+    """A few plain optimizer steps (like train.loops.trainer, without a strategy)."""
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
@@ -149,7 +153,7 @@ def exported_run(workdir):
 
 
 def _restore_checkpoint_form(trained, tmp_path):
-    """Save the trained state with train.checkpoint, restore it into a fresh model."""
+    """Save the trained state with train.checkpoint.manager, restore it into a fresh model."""
     state = lambda m, o, s: {"model": m.variables, "optimizer": o.variables, "train": [s]}
     step = tf.Variable(3, dtype=tf.int64)
     with checkpoint.CheckpointManager(directory=tmp_path / "ckpt", is_chief=True,
@@ -550,7 +554,7 @@ def _run_python(code, *args):
                           capture_output=True, text=True, timeout=120)
 
 
-_EVAL = "import sys; from train.evaluate import eval_main; sys.exit(eval_main(sys.argv[1:]))"
+_EVAL = "import sys; from train.cli.evaluate import eval_main; sys.exit(eval_main(sys.argv[1:]))"
 
 
 def test_subprocess_bad_path_is_exactly_one_stderr_line(bad_files):
@@ -584,7 +588,8 @@ _MIRRORED = r"""
 import sys, numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from train import export, models
+from train import models
+from train.export import write as export
 out = sys.argv[1]
 keras.utils.set_random_seed(0)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

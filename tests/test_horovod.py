@@ -118,7 +118,7 @@ def wait_for(predicate, proc, timeout, what):
 # --- without Horovod -------------------------------------------------------------------
 
 def test_missing_horovod_is_a_usage_error_naming_the_build_script(monkeypatch):
-    from train import distribute
+    from train.distribute import base as distribute
     from train.errors import UsageError
 
     monkeypatch.setitem(sys.modules, "horovod", None)  # import horovod -> ImportError
@@ -129,7 +129,7 @@ def test_missing_horovod_is_a_usage_error_naming_the_build_script(monkeypatch):
 
 
 def test_fp16_allreduce_needs_horovod_strategy():
-    from train import distribute
+    from train.distribute import base as distribute
     from train.errors import UsageError
 
     with pytest.raises(UsageError, match="applies to --strategy horovod only"):
@@ -165,7 +165,7 @@ import sys
 import numpy as np
 import keras
 import tensorflow as tf
-from train import horovod_backend
+from train.distribute import horovod as horovod_backend
 
 fp16 = sys.argv[1] == "fp16"
 b = horovod_backend.create(fp16_allreduce=fp16)

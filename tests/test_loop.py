@@ -1,12 +1,13 @@
-"""train.loop.Trainer: augmentation inside the compiled step."""
+"""train.loops.trainer.Trainer: augmentation inside the compiled step."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from train import data, distribute
-from train.loop import Trainer
-from train.preemption import PreemptionWatcher
+from train.data import pipeline as data
+from train.distribute import base as distribute
+from train.loops.trainer import Trainer
+from train.loops.preemption import PreemptionWatcher
 
 TINY = data.DatasetInfo("synthetic", (32, 32, 3), 10, num_train=100, num_test=30)
 

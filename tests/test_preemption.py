@@ -1,4 +1,4 @@
-"""train.preemption, its path through the compiled loop and the controller, the train
+"""train.loops.preemption, its path through the compiled loop and the controller, the train
 state a resume restores, and the resume row of train.run; in-process, on a tiny model.
 
 A signal or request is made at a chosen step from inside that step (a py_function in the
@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import distribute, run
-from train.checkpoint import CheckpointManager
-from train.controller import Controller, Schedule
+from train import run
+from train.distribute import base as distribute
+from train.checkpoint.manager import CheckpointManager
+from train.loops.controller import Controller, Schedule
 from train.errors import Preempted
-from train.loop import STOP, Trainer
+from train.loops.trainer import STOP, Trainer
 from train.monitor import Monitor
-from train.preemption import PreemptionWatcher
+from train.loops.preemption import PreemptionWatcher
 
 
 class Hook(keras.layers.Layer):

@@ -1,6 +1,6 @@
 """Exact resume of the real `python -m train` after SIGTERM and kill -9 (issue #4).
 
-Every run records, through the HARNESS_RECORD_INDICES hook (train.loop), one line per
+Every run records, through the HARNESS_RECORD_INDICES hook (train.loops.trainer), one line per
 executed step: its number and the example indices of the batch it trained on. An
 interrupted run is compared with one never interrupted on the same flags: the recorded
 steps and batches, and every tensor of the final checkpoint, bit for bit. The dataset is
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, harness_env
-from train import checkpoint_files as cf
+from train.checkpoint import files as cf
 
 pytestmark = pytest.mark.slow
 STEPS = 180

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from train import split_cache
+from train.data import split_cache
 
 from conftest import REPO, harness_env
 

@@ -8,8 +8,8 @@ away as `.old-<pid>-<random>-<name>`, renaming the new one in, then deleting the
 and the directory is fsynced so that the rename itself is durable. Leftovers of a killed
 writer are cleaned by remove_stale_temporaries, by pid.
 
-Checkpoints (train.checkpoint_files) build their directory layout on fsync; exports
-(train.export) and the run config (train.run) use write_file / write_dir.
+Checkpoints (train.checkpoint.files) build their directory layout on fsync; exports
+(train.export.write) and the run config (train.run) use write_file / write_dir.
 """
 
 import contextlib

@@ -12,12 +12,15 @@ import time
 import keras
 import tensorflow as tf
 
-from train import checkpoint, data, distribute, durable, models, optimizers, precision
-from train.controller import Controller, Schedule
+from train import durable, models, optimizers, precision
+from train.checkpoint import manager as checkpoint
+from train.data import pipeline as data
+from train.distribute import base as distribute
+from train.loops.controller import Controller, Schedule
 from train.errors import UsageError
-from train.loop import RECORD_INDICES_ENV, Trainer
+from train.loops.trainer import RECORD_INDICES_ENV, Trainer
 from train.monitor import Monitor, process_age_s, variables_digest
-from train.preemption import PreemptionWatcher
+from train.loops.preemption import PreemptionWatcher
 
 CONFIG_FILE = "config.json"
 IDENTITY_KEYS = ("model", "dataset", "image_shape", "num_classes")
@@ -78,7 +81,7 @@ def build_state(config, backend, info, steps):
 def run(config):
     """Train to config.steps; returns the final step. Raises HarnessError subclasses."""
     # First of all: from here on a preemption signal means "save after the next step and
-    # exit 42", even while the set-up below is still running (train.preemption, Lifetime).
+    # exit 42", even while the set-up below is still running (train.loops.preemption, Lifetime).
     watcher = PreemptionWatcher(signal_names=config.preemption_signals).install()
     try:
         return _run(config, watcher)
@@ -89,7 +92,7 @@ def run(config):
 def _run(config, watcher):
     backend = distribute.create(config.strategy, replicas=config.replicas,
                                 fp16_allreduce=config.horovod_fp16_allreduce)
-    watcher.install()  # again: the backend may have taken SIGTERM (train.preemption, Lifetime)
+    watcher.install()  # again: the backend may have taken SIGTERM (train.loops.preemption, Lifetime)
     config = setup_numerics(config)
     info, steps, identity = check_inputs(config, backend)
     model, optimizer = build_state(config, backend, info, steps)
@@ -170,7 +173,7 @@ class RunParts:
 def training_dataset_fn(config, info, *, start_step, with_codes, with_indices=False,
                         augment_in_pipeline=False):
     """dataset_fn(input_context) for Backend.distribute_dataset: the run's training stream
-    from `start_step` (train.data's invariants). with_codes: the trainer augments in its
+    from `start_step` (train.data.pipeline's invariants). with_codes: the trainer augments in its
     step; augment_in_pipeline: tf.data does (the alternative the benchmarks measure)."""
     def dataset_fn(input_context=None):
         return data.train_dataset(info, config.data_dir, global_batch_size=config.batch_size,
@@ -214,7 +217,7 @@ def _train(parts, start, restored):
     # interrupted and an uninterrupted run are the bitwise-exactness check.
     monitor.event("finished", step=final, weights_sha256=variables_digest(trainer.model.variables))
     if backend.is_chief and config.export:
-        from train import export
+        from train.export import write as export
 
         export.export_model(trainer.model, trainer.optimizer, os.path.join(config.workdir, "export"))
         monitor.event("exported", step=final, path=os.path.join(config.workdir, "export"))

@@ -7,9 +7,9 @@ on the raw `tf.Variable`s under the Keras variables:
 * one process per rank (started by horovodrun, or alone: then it is a single rank);
   one GPU per local rank when the host has GPUs (memory growth on);
 * data: every rank builds its own pipeline with an InputContext (pipeline = rank,
-  pipelines = replicas = size), so train.data shards by rank exactly as for multi-worker
+  pipelines = replicas = size), so train.data.pipeline shards by rank exactly as for multi-worker
   (global batch = per-rank batch x ranks);
-* gradients: the loss of each rank is scaled by the *global* batch (train.loop), so the
+* gradients: the loss of each rank is scaled by the *global* batch (train.loops.trainer), so the
   gradients are SUMMED across ranks with one `hvd.grouped_allreduce(op=hvd.Sum)`, which
   gives the gradient of the global mean loss; optionally in float16 on the wire;
 * metrics and the preemption flag: the per-step vector [loss sum, correct, count, stop]
@@ -22,7 +22,7 @@ on the raw `tf.Variable`s under the Keras variables:
 
 import tensorflow as tf
 
-from train.distribute import Backend
+from train.distribute.base import Backend
 from train.errors import UsageError, first_line
 
 INSTALL_HINT = "build it with: bash launch/build_horovod.sh (see README)"

@@ -2,15 +2,15 @@
 
 Step semantics: one step = one global batch = one optimizer update, whatever the number
 of replicas. `step` lives in a tf.Variable that is checkpointed with the model; the data
-position is a pure function of it (train.data), so resuming needs nothing else.
+position is a pure function of it (train.data.pipeline), so resuming needs nothing else.
 
 Each compiled call runs up to `steps_per_call` steps and returns the sums of
 [loss * examples, correct, examples, stop] over all replicas; `stop` is the preemption
-flag (train.preemption), read after the step's optimizer update, so the call leaves after
+flag (train.loops.preemption), read after the step's optimizer update, so the call leaves after
 the step in which any worker saw a signal, and every worker leaves after the same step.
 
 Test hook: with HARNESS_RECORD_INDICES=<file> in the environment, train.run asks the
-pipeline for the example indices of each batch too (train.data, `with_indices`), and
+pipeline for the example indices of each batch too (train.data.pipeline, `with_indices`), and
 every executed step appends one line "<step> [<index> ...]" to that file from inside the
 compiled loop: the indices of exactly the batch that step trained on, global-batch order
 (replica 0 first), this process's share only. The resume tests compare these lines.
@@ -22,7 +22,7 @@ import time
 import keras
 import tensorflow as tf
 
-from train import data
+from train.data import pipeline as data
 
 LOSS_SUM, CORRECT, COUNT, STOP = range(4)
 RECORD_INDICES_ENV = "HARNESS_RECORD_INDICES"

@@ -1,6 +1,6 @@
 """Preemption: a signal becomes a stop at an agreed step, a save, and exit 42.
 
-Invariants (train.loop and train.controller rely on them):
+Invariants (train.loops.trainer and train.loops.controller rely on them):
 
 * Handlers. install() replaces the default action of the preemption signals (death) by a
   Python handler that does nothing. CPython's C-level handler also writes the signal

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from train.datasets import shapes10  # noqa: F401  (import registers the builder)
+from train.data.builtin import shapes10  # noqa: F401  (import registers the builder)
 from train.errors import UsageError, first_line
 
 BUILTIN = ("shapes10",)

@@ -5,11 +5,11 @@
         maybe log; if preempted: save, exit 42; maybe save; maybe evaluate
     save, evaluate, done
 
-Checkpointing is delegated to one object (train.checkpoint.CheckpointManager), reporting
+Checkpointing is delegated to one object (train.checkpoint.manager.CheckpointManager), reporting
 to one (train.monitor.Monitor).
 
 Preemption: the run stops only on the STOP column of a call's sums, which every worker
-shares (train.preemption, Agreement), and raises Preempted (exit 42) only after the save
+shares (train.loops.preemption, Agreement), and raises Preempted (exit 42) only after the save
 of the stop step has completed, background write included.
 """
 
@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from train.errors import Preempted
-from train.loop import CORRECT, COUNT, LOSS_SUM, STOP, Throughput
+from train.loops.trainer import CORRECT, COUNT, LOSS_SUM, STOP, Throughput
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,14 +21,14 @@ Invariants (other modules and the resume tests rely on them):
   The trainer's pipeline carries the codes and the trainer applies them in its compiled
   step (augment_images); `augment=True` applies them in the pipeline instead.
 * Examples. A split is loaded once into host memory (uint8; decoded once per machine,
-  train.split_cache) and batches are gathered by index, so this suits datasets that fit
+  train.data.split_cache) and batches are gathered by index, so this suits datasets that fit
   in host memory (CIFAR, MNIST, shapes10 ...).
   Images come out uint8 as stored, labels int32: a quarter of the bytes of float32 to
   batch, prefetch and copy to the devices. The model takes float32 in [0, 1]; `to_float`
   makes that, and the trainer calls it inside its compiled step, on the device (pass
   float_images=True for a pipeline that feeds a model directly, e.g. Keras `fit`).
   `synthetic` has no files: each example is computed from its index (see
-  train.datasets), so it is deterministic too.
+  train.data.builtin), so it is deterministic too.
 """
 
 import dataclasses
@@ -39,8 +39,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from train import datasets as builtin_datasets  # importing registers shapes10 with TFDS
-from train import split_cache
+from train.data import builtin as builtin_datasets  # importing registers shapes10 with TFDS
+from train.data import split_cache
 from train.errors import UsageError, first_line
 
 DEFAULT_DATASET = "shapes10"
@@ -295,9 +295,9 @@ def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: 
 
     augment: the images come out augmented (for a model fed directly, e.g. Keras `fit`);
     with_codes: (images, labels, int32 augmentation codes) instead, images as stored, for
-      a consumer that augments inside its compiled step (train.loop: on the accelerator,
+      a consumer that augments inside its compiled step (train.loops.trainer: on the accelerator,
       and on a CPU host without its threads contending with the model's);
-    with_indices: int64 example indices appended, for tests (train.loop's hook);
+    with_indices: int64 example indices appended, for tests (train.loops.trainer's hook);
     float_images: images as float32 in [0, 1] (to_float in the pipeline).
     """
     worker, workers, batch = _sharding(global_batch_size, input_context)

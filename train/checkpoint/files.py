@@ -1,4 +1,4 @@
-"""The directory side of train.checkpoint (no TensorFlow here): names, durable writes,
+"""The directory side of train.checkpoint.manager (no TensorFlow here): names, durable writes,
 manifests, verification, the choice of what to restore and what to delete.
 
 The invariants these functions serve are stated once, in train/checkpoint.py.

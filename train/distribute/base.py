@@ -8,7 +8,7 @@ One interface (`Backend`), four implementations:
   multiworker  MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG (set by
                harness-launch or a Kubernetes TFJob) or from Slurm.
   horovod      Horovod's core ops on the default strategy, one rank per process
-               (train.horovod_backend); `num_replicas` is then the number of ranks.
+               (train.distribute.horovod); `num_replicas` is then the number of ranks.
 
 Invariants kept here: the chief is worker 0 (or the TF_CONFIG 'chief' task) and is the
 only writer of the workdir; the loss of each replica is scaled by the *global* batch, so
@@ -268,7 +268,7 @@ def create(strategy_name, *, replicas=None, fp16_allreduce=False):
     if name == "multiworker":
         return _multiworker()
     if name == "horovod":
-        from train import horovod_backend
+        from train.distribute import horovod as horovod_backend
 
         return horovod_backend.create(fp16_allreduce=fp16_allreduce)
     raise UsageError(f"--strategy: unknown strategy {strategy_name!r}")

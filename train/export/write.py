@@ -16,7 +16,7 @@ Formats written by `export_model` into one directory:
                        classes, dtype policy, formats written (+ the caller's `meta`:
                        dataset, step ...); written last, so it describes complete artifacts
 
-The fourth way, training checkpoints, is train.checkpoint's; train.evaluate restores one.
+The fourth way, training checkpoints, is train.checkpoint.manager's; train.cli.evaluate restores one.
 
 Atomicity: every artifact is written through train.durable (a hidden temporary name,
 fsync, rename over the final name, fsync of the directory). A crash mid-export never

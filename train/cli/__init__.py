@@ -53,7 +53,7 @@ def _train(argv):
 
 def train_main(argv=None):
     code = guarded("harness-train", _train, sys.argv[1:] if argv is None else argv)
-    from train import distribute
+    from train.distribute import base as distribute
 
     if distribute.teardown_may_hang():
         # Checkpoints, metrics and exports are closed and synced by now (train.run's
@@ -67,13 +67,13 @@ def train_main(argv=None):
 
 def eval_main(argv=None):
     import_tensorflow_quietly()
-    from train import evaluate
+    from train.cli import evaluate
 
     return evaluate.eval_main(argv)
 
 
 def export_main(argv=None):
     import_tensorflow_quietly()
-    from train import evaluate
+    from train.cli import evaluate
 
     return evaluate.export_main(argv)

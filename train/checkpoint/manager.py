@@ -1,6 +1,6 @@
 """Checkpoints: every checkpoint file of a run is written, checked and deleted here.
 
-Invariants (stated once; the helpers in train.checkpoint_files serve them):
+Invariants (stated once; the helpers in train.checkpoint.files serve them):
 
 Who writes. Only the chief creates, changes or deletes anything in DIR (the run's
   workdir/checkpoints), including the leftover cleanup at start and the first mkdir.
@@ -53,7 +53,7 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from train import checkpoint_files as cf
+from train.checkpoint import files as cf
 from train import durable
 from train.errors import CheckpointError, CheckpointWriteError, HarnessError, UsageError
 

@@ -1,0 +1,1 @@
+"""checkpoint (map written in the split)."""

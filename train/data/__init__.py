@@ -1,0 +1,1 @@
+"""data (map written in the split)."""

@@ -1,0 +1,1 @@
+"""distribute (map written in the split)."""

@@ -1,0 +1,1 @@
+"""export (map written in the split)."""

@@ -1,0 +1,1 @@
+"""loops (map written in the split)."""
