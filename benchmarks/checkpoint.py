@@ -102,7 +102,7 @@ def keras_window(model, dataset, steps, rewarm, interval, path, saves):
 
 
 def measure_config(opts, model, batch):
-    from train import run as train_run
+    from train import assemble
     from train.data import pipeline as data
     from train.distribute import base as distribute
 
@@ -110,7 +110,7 @@ def measure_config(opts, model, batch):
     workdir = os.path.join(opts.scratch, f"checkpoint-{model}-{batch}")
     config = harness.make_config(workdir=workdir, model=model, batch_size=batch,
                                  dataset=opts.dataset, data_dir=opts.data_dir)
-    config = train_run.setup_numerics(config)
+    config = assemble.setup_numerics(config)
     backend = distribute.create("default")
     info = data.dataset_info(opts.dataset, opts.data_dir)
     parts = harness.build_harness(config, backend, info)

@@ -1,7 +1,7 @@
 """Build the two things every in-process benchmark compares, the way each is used:
 
-* the harness: a TrainConfig, then train.run's own build_state, Trainer, the data
-  pipeline through the backend, and the real Controller for the outer loop;
+* the harness: a TrainConfig, then the parts train.run runs (train.assemble: model,
+  optimizer, Trainer, the data pipeline through the backend, the real Controller);
 * plain Keras: the seed's `model.compile(adam, sparse_categorical_crossentropy,
   accuracy)` + `model.fit` on the same model architecture, the same tf.data pipeline
   (train.data.pipeline.train_dataset) and the same global batch.
@@ -15,13 +15,13 @@ import time
 
 import keras
 
-from train import models, run
-from train.data import pipeline as data
+from train import assemble, models
 from train.config import TrainConfig
-from train.loops.controller import Controller, Schedule
+from train.data import pipeline as data
+from train.loops.controller import Schedule
+from train.loops.preemption import PreemptionWatcher
 from train.loops.trainer import Trainer
 from train.monitor import Monitor
-from train.loops.preemption import PreemptionWatcher
 
 NEVER = 10 ** 12  # a schedule interval that never comes
 
@@ -49,24 +49,22 @@ class HarnessParts:
     trainer: Trainer
     iterator: object
     watcher: PreemptionWatcher
+    run: assemble.RunParts
 
 
 def build_harness(config, backend, info, dataset_fn=None):
-    """Model, optimizer and Trainer as train.run builds them, and the pipeline iterator."""
-    model, optimizer = run.build_state(config, backend, info, NEVER)
+    """The parts train.run assembles (no checkpoint manager), and the pipeline iterator."""
     watcher = PreemptionWatcher(signal_names=())  # never installed: the flag stays 0
-    trainer = Trainer(backend=backend, model=model, optimizer=optimizer,
-                      global_batch_size=config.batch_size, stop_flag=watcher.flag,
-                      augment=config.augment, jit_compile=config.jit_compile)
+    run = assemble.assemble(config, backend=backend, watcher=watcher, with_checkpoints=False)
     dataset_fn = dataset_fn or harness_dataset_fn(config, info)
     iterator = iter(backend.distribute_dataset(dataset_fn))
-    return HarnessParts(config, backend, info, trainer, iterator, watcher)
+    return HarnessParts(config, backend, info, run.trainer, iterator, watcher, run)
 
 
 def harness_dataset_fn(config, info, transform=None, *, augment_in_pipeline=False):
     """train.run's training dataset_fn from step 0; `transform` (e.g. cache one batch)
     applies on top. augment_in_pipeline: the alternative to augmenting in the step."""
-    stream = run.training_dataset_fn(config, info, start_step=0, with_codes=config.augment,
+    stream = assemble.training_dataset_fn(config, info, start_step=0, with_codes=config.augment,
                                      augment_in_pipeline=augment_in_pipeline)
     if transform is None:
         return stream
@@ -91,11 +89,10 @@ def controller_window(parts, steps, steps_per_call=None):
                         log_every=config.log_every, checkpoint_every=NEVER, eval_every=0)
     monitor = Monitor(workdir=None, is_chief=False, total_steps=start + steps,
                       stream=io.StringIO())
-    controller = Controller(
-        trainer=trainer, schedule=schedule, checkpoints=_NoCheckpoints(), monitor=monitor,
-        watcher=parts.watcher, iterator=parts.iterator,
+    controller = assemble.build_controller(
+        parts.run, schedule=schedule, monitor=monitor, iterator=parts.iterator,
         evaluate=lambda: {"loss": 0.0, "accuracy": 0.0, "examples": 0},
-        epoch_of=lambda step: 0.0, learning_rate_of=lambda step: 0.0)
+        checkpoints=_NoCheckpoints())
     began = time.perf_counter()
     controller.run(start)
     return time.perf_counter() - began

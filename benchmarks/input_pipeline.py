@@ -44,7 +44,7 @@ def _label(dataset, augment):
 def measure_config(opts, model, batch):
     import keras
 
-    from train import run as train_run
+    from train import assemble
     from train.data import pipeline as data
     from train.distribute import base as distribute
 
@@ -52,7 +52,7 @@ def measure_config(opts, model, batch):
     with tempfile.TemporaryDirectory(prefix="bench-input-", dir=opts.scratch) as workdir:
         config = harness.make_config(workdir=workdir, model=model, batch_size=batch,
                                      dataset=opts.dataset, data_dir=opts.data_dir)
-        config = train_run.setup_numerics(config)
+        config = assemble.setup_numerics(config)
         backend = distribute.create("default")
         info = data.dataset_info(opts.dataset, opts.data_dir)
         parts = {augment: _cached_harness(config, augment, backend, info)

@@ -147,12 +147,12 @@ def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision=
     (harness.build_keras builds the fit model under float32 either way)."""
     import keras
 
-    from train import run as train_run
+    from train import assemble
     from train.data import pipeline as data
 
     config = harness.make_config(workdir=workdir, model=model, batch_size=batch_size,
                                  dataset=dataset, data_dir=data_dir, precision=precision)
-    config = train_run.setup_numerics(config)  # same seed: same initial weights on every side
+    config = assemble.setup_numerics(config)  # same seed: same initial weights on every side
     try:
         return harness.build_harness(config, backend, data.dataset_info(dataset, data_dir))
     finally:

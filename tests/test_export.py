@@ -110,7 +110,7 @@ def workdir(tmp_path_factory, small_data_dir):
         json.dump(config, f)
     keras.utils.set_random_seed(1)
     model = models.build("cnn", info.image_shape, info.num_classes)
-    optimizer = optimizers.build(types.SimpleNamespace(**config), total_steps=4)
+    optimizer = optimizers.build(types.SimpleNamespace(**config))
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
     batches = iter(data.train_dataset(info, data_dir, global_batch_size=32, seed=0,

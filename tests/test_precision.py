@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import config as config_mod, models, precision, run
+from train import assemble, config as config_mod, models, precision
 
 
 def _cpuinfo(tmp_path, flags):
@@ -37,7 +37,7 @@ def test_auto_is_the_default_and_is_resolved_before_anything_is_built(tmp_path):
     config = config_mod.TrainConfig(workdir=str(tmp_path))
     assert config.precision == "auto"
     try:
-        resolved = run.setup_numerics(config)
+        resolved = assemble.setup_numerics(config)
         assert resolved.precision == precision.resolve("auto") != "auto"
         expected = {"fp32": "float32"}.get(resolved.precision, resolved.precision)
         assert keras.config.dtype_policy().name == expected

@@ -17,6 +17,8 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
+from train import workdir as workdir_lib
+
 HEADER = (f"{'step':>14}  {'epoch':>6}  {'loss':>8}  {'acc':>6}  {'lr':>9}  "
           f"{'img/s':>9}  {'steps/s':>8}  {'rss':>8}  {'cpu%':>5}  {'eta':>8}")
 
@@ -42,8 +44,8 @@ class Monitor:
         self._printed_header = False
         if is_chief:
             os.makedirs(workdir, exist_ok=True)
-            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-            self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._file = open(workdir_lib.metrics_path(workdir), "a", encoding="utf-8")
+            self._summary = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(workdir))
 
     def write(self, row):
         """Append one JSON row (chief only) and mirror scalars into TensorBoard."""

@@ -23,8 +23,9 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps}
 
 
-def build(config, *, total_steps, num_workers=1):
-    """Optimizer named by config.optimizer; loss-scaled under mixed_float16."""
+def build(config, *, num_workers=1):
+    """Optimizer named by config.optimizer; loss-scaled under mixed_float16. The peak
+    rate is config.learning_rate, times num_workers (the world size) under --scale-lr."""
     peak = config.learning_rate * (num_workers if config.scale_lr else 1)
     rate = LinearWarmup(peak, config.warmup_steps) if config.warmup_steps else peak
     makers = {

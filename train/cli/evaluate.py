@@ -289,7 +289,7 @@ def restore_checkpoint(workdir, *, step=None):
     with export.dtype_policy_scope(precision.keras_policy(train_config.precision)):
         model = models.build(identity["model"], identity["image_shape"],
                              identity["num_classes"])
-    optimizer = optimizers.build(train_config, total_steps=config.get("total_steps") or 1)
+    optimizer = optimizers.build(train_config, num_workers=config.get("num_workers", 1))
     optimizer.build(model.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     if not os.path.isdir(directory):
