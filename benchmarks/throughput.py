@@ -76,8 +76,6 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
     """Rows for fit and harness variants of one configuration, measured interleaved."""
     import keras
 
-    from train.precision import resolve as resolve_precision
-
     sizes = measure.Sizes(**sizes)
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as workdir:
         make = functools.partial(_build, backend=backend, workdir=workdir, model=model,
@@ -93,14 +91,7 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
             name = "harness" if spc == 10 else f"harness_spc{spc}"
             kinds[name] = (spc, default_precision)
             variants[name] = lambda spc=spc: harness.controller_window(parts, sizes.steps, spc)
-        for precision in dict.fromkeys(resolve_precision(p) for p in precisions):
-            if precision == default_precision:
-                continue  # that is `harness`
-            other = make(precision=precision)
-            harness.warm_up(other, None, None, sizes.warmup)
-            name = f"harness_{precision.removeprefix('mixed_')}"
-            kinds[name] = (10, precision)
-            variants[name] = lambda other=other: harness.controller_window(other, sizes.steps, 10)
+        _add_precision_variants(kinds, variants, make, precisions, default_precision, sizes)
         if backend.name == "mirrored":  # the same loop under the default strategy, here
             kinds[SAME_PROCESS_DEFAULT] = (10, default_precision)
             variants.update(_strategy_builds(make, parts, sizes, builds))
@@ -113,6 +104,20 @@ def measure_config(*, backend, model, batch_size, dataset, data_dir, sizes, spc_
                 flops_per_image=per_image)
     return [_row(base, name, kinds[name], times, usage[name], matmul_gflops)
             for name in variants if EXTRA_BUILD not in name]
+
+
+def _add_precision_variants(kinds, variants, make, precisions, default_precision, sizes):
+    """One `harness_<precision>` variant per other precision asked for, built and warmed."""
+    from train.precision import resolve as resolve_precision
+
+    for precision in dict.fromkeys(resolve_precision(p) for p in precisions):
+        if precision == default_precision:
+            continue  # that is `harness`
+        other = make(precision=precision)
+        harness.warm_up(other, None, None, sizes.warmup)
+        name = f"harness_{precision.removeprefix('mixed_')}"
+        kinds[name] = (10, precision)
+        variants[name] = lambda other=other: harness.controller_window(other, sizes.steps, 10)
 
 
 def _strategy_builds(make, parts, sizes, builds):

@@ -8,10 +8,11 @@ import os
 import keras
 import pytest
 
-from conftest import read_metrics
 from train import workdir
 from train.checkpoint import files as cf
 from train.cli import train_main
+
+from conftest import read_metrics
 
 
 @pytest.fixture(autouse=True)
