@@ -103,7 +103,7 @@ def keras_window(model, dataset, steps, rewarm, interval, path, saves):
 
 def measure_config(opts, model, batch):
     from train import run as train_run
-    from train.data import pipeline as data
+    from train import data
     from train.distribute import base as distribute
 
     sizes = opts.sizes

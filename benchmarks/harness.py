@@ -16,7 +16,7 @@ import time
 import keras
 
 from train import models, run
-from train.data import pipeline as data
+from train import data
 from train.config import TrainConfig
 from train.loops.controller import Controller, Schedule
 from train.loops.trainer import Trainer

@@ -45,7 +45,7 @@ def measure_config(opts, model, batch):
     import keras
 
     from train import run as train_run
-    from train.data import pipeline as data
+    from train import data
     from train.distribute import base as distribute
 
     sizes = opts.sizes
@@ -103,7 +103,7 @@ def _iterators(config, backend, dataset, augment, data_dir):
     """(pipeline-only iterator, training iterator through the backend) of one pipeline."""
     import dataclasses
 
-    from train.data import pipeline as data
+    from train import data
 
     cfg = dataclasses.replace(config, dataset=dataset, augment=augment)
     dataset_fn = harness.harness_dataset_fn(cfg, data.dataset_info(dataset, data_dir))

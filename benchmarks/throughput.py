@@ -148,7 +148,7 @@ def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision=
     import keras
 
     from train import run as train_run
-    from train.data import pipeline as data
+    from train import data
 
     config = harness.make_config(workdir=workdir, model=model, batch_size=batch_size,
                                  dataset=dataset, data_dir=data_dir, precision=precision)

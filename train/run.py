@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from train import durable, models, optimizers, precision
 from train.checkpoint import manager as checkpoint
-from train.data import pipeline as data
+from train import data
 from train.distribute import base as distribute
 from train.loops.controller import Controller, Schedule
 from train.errors import UsageError
