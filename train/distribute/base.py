@@ -177,7 +177,7 @@ def _gpus():
 
 def _tf_config():
     """TF_CONFIG from the environment, validated (one check shared with harness-launch)."""
-    from launch.cluster import existing_tf_config
+    from train.cluster import existing_tf_config
 
     return existing_tf_config(os.environ)
 
