@@ -104,7 +104,7 @@ def keras_window(model, dataset, steps, rewarm, interval, path, saves):
 def measure_config(opts, model, batch):
     from train import run as train_run
     from train import data
-    from train.distribute import base as distribute
+    from train import distribute
 
     sizes = opts.sizes
     workdir = os.path.join(opts.scratch, f"checkpoint-{model}-{batch}")

@@ -46,7 +46,7 @@ def measure_config(opts, model, batch):
 
     from train import run as train_run
     from train import data
-    from train.distribute import base as distribute
+    from train import distribute
 
     sizes = opts.sizes
     with tempfile.TemporaryDirectory(prefix="bench-input-", dir=opts.scratch) as workdir:

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from train import data
-from train.distribute import base as distribute
+from train import distribute
 from train.loops.trainer import Trainer
 from train.loops.preemption import PreemptionWatcher
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from train import durable, models, optimizers, precision
 from train.checkpoint import manager as checkpoint
 from train import data
-from train.distribute import base as distribute
+from train import distribute
 from train.loops.controller import Controller, Schedule
 from train.errors import UsageError
 from train.loops.trainer import RECORD_INDICES_ENV, Trainer
