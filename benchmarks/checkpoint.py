@@ -103,8 +103,8 @@ def keras_window(model, dataset, steps, rewarm, interval, path, saves):
 
 def measure_config(opts, model, batch):
     from train import assemble
-    from train.data import pipeline as data
-    from train.distribute import base as distribute
+    from train import data
+    from train import distribute
 
     sizes = opts.sizes
     workdir = os.path.join(opts.scratch, f"checkpoint-{model}-{batch}")

@@ -42,7 +42,7 @@ def main(argv):
     from train import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from train.distribute import base as distribute
+    from train import distribute
 
     # First TensorFlow call of the process: the logical CPU split must come before any op.
     backend = distribute.create(spec["strategy"], replicas=spec["replicas"])

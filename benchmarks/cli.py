@@ -159,7 +159,7 @@ def resolve(args, scratch):
     sizes = measure.QUICK if quick else measure.FULL
     sizes = dataclasses.replace(sizes, **{k: given(k) for k in ("steps", "warmup", "reps")
                                           if given(k)})
-    from train.data import pipeline as data
+    from train import data
 
     return Options(
         quick=quick, models=args.model or (("cnn",) if quick else ()),

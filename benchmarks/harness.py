@@ -4,7 +4,7 @@
   optimizer, Trainer, the data pipeline through the backend, the real Controller);
 * plain Keras: the seed's `model.compile(adam, sparse_categorical_crossentropy,
   accuracy)` + `model.fit` on the same model architecture, the same tf.data pipeline
-  (train.data.pipeline.train_dataset) and the same global batch.
+  (train.data.train_dataset) and the same global batch.
 
 Every window function returns the seconds of exactly `steps` timed training steps.
 """
@@ -17,7 +17,7 @@ import keras
 
 from train import assemble, models
 from train.config import TrainConfig
-from train.data import pipeline as data
+from train import data
 from train.loops.controller import Schedule
 from train.loops.preemption import PreemptionWatcher
 from train.loops.trainer import Trainer

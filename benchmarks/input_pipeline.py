@@ -1,6 +1,6 @@
 """`input`: each training pipeline alone, against the rate training consumes.
 
-Pipelines: train.data.pipeline.train_dataset for the chosen dataset and `synthetic`, each with
+Pipelines: train.data.train_dataset for the chosen dataset and `synthetic`, each with
 and without augmentation (crop + flip), as the trainer uses them: with augmentation the
 pipeline carries per-example codes and the trainer augments inside its compiled step
 (train.loops.trainer). Variants, interleaved in one process:
@@ -45,8 +45,8 @@ def measure_config(opts, model, batch):
     import keras
 
     from train import assemble
-    from train.data import pipeline as data
-    from train.distribute import base as distribute
+    from train import data
+    from train import distribute
 
     sizes = opts.sizes
     with tempfile.TemporaryDirectory(prefix="bench-input-", dir=opts.scratch) as workdir:
@@ -103,7 +103,7 @@ def _iterators(config, backend, dataset, augment, data_dir):
     """(pipeline-only iterator, training iterator through the backend) of one pipeline."""
     import dataclasses
 
-    from train.data import pipeline as data
+    from train import data
 
     cfg = dataclasses.replace(config, dataset=dataset, augment=augment)
     dataset_fn = harness.harness_dataset_fn(cfg, data.dataset_info(dataset, data_dir))

@@ -125,7 +125,7 @@ def _strategy_builds(make, parts, sizes, builds):
     one), built alternately, as variants `harness#2`, SAME_PROCESS_DEFAULT, ...#2, ...
     Two builds of the very same configuration in one process differ by up to ~3% per
     step here, so what MirroredStrategy costs is their means' ratio, over enough builds."""
-    from train.distribute import base as distribute
+    from train import distribute
 
     default_backend = distribute.create("default")
     variants = {}
@@ -153,7 +153,7 @@ def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision=
     import keras
 
     from train import assemble
-    from train.data import pipeline as data
+    from train import data
 
     config = harness.make_config(workdir=workdir, model=model, batch_size=batch_size,
                                  dataset=dataset, data_dir=data_dir, precision=precision)

@@ -9,7 +9,8 @@ host only and never uses a remote shell (with `--backend horovod`, horovodrun do
 
 Rooms:
   cli         flag parsing; bad input -> one line on stderr and exit 2
-  cluster     who runs where: hosts, node rank, ports, TF_CONFIG (slurm: Slurm's view)
+  cluster     who runs where: hosts, node rank, ports (slurm: Slurm's view); TF_CONFIG,
+              the rank rule and the HARNESS_* names are train.cluster's, shared with train
   plan        what each process runs: argv and environment, per attempt
   supervisor  start, watch, stop and restart the group; exit codes
   relay       prefixed output lines and forwarded signals

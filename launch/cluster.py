@@ -13,11 +13,12 @@ Invariants:
   and nothing could restart or prefix them. So under Slurm, run one launcher per node
   (`srun --ntasks-per-node=1 harness-launch --nproc WORLD -- ...`); the workers still
   get a plain TF_CONFIG. (`srun -n WORLD harness-train ...` without the launcher keeps
-  working through the resolver in train.distribute.base.)
+  working through the resolver in train.distribute.strategies.)
+- TF_CONFIG itself (building and checking it), the rank rule and the HARNESS_* variable
+  names are train.cluster's: one contract shared with the workers.
 - Bad input raises `UsageError` with one line that names the flag or variable.
 """
 
-import json
 import re
 import socket
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ def parse_hostfile(path):
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--hostfile {path}: cannot read it ({_reason(error)})")
+        raise UsageError(f"--hostfile {path}: cannot read it ({_reason(error)})") from None
     hosts = []
     for number, raw in enumerate(lines, start=1):
         line = raw.split("#", 1)[0].strip()
@@ -227,30 +228,3 @@ def free_ports(count):
     finally:
         for probe in sockets:
             probe.close()
-
-
-def tf_config(addresses, index):
-    """TF_CONFIG of worker `index`; worker 0 is the chief (no separate 'chief' task)."""
-    return json.dumps({"cluster": {"worker": list(addresses)},
-                       "task": {"type": "worker", "index": index}})
-
-
-def existing_tf_config(env):
-    """TF_CONFIG already in the environment, validated; None when unset or empty."""
-    raw = env.get("TF_CONFIG")
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw)
-        cluster, task = config["cluster"], config["task"]
-        lists = [cluster.get(name, []) for name in ("chief", "worker")]
-        task_type, index = task["type"], int(task["index"])
-        if not all(isinstance(tasks, list) for tasks in lists) or not any(lists):
-            raise TypeError("cluster.chief/cluster.worker must be lists of host:port")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise UsageError("TF_CONFIG in the environment is malformed: expected JSON with "
-                         "cluster.worker (a list of host:port) and task.type/task.index")
-    if task_type not in ("chief", "worker") or not 0 <= index < len(cluster.get(task_type, [])):
-        raise UsageError(f"TF_CONFIG in the environment is malformed: task {task_type}:"
-                         f"{index} is not in its cluster")
-    return config

@@ -21,14 +21,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from launch import cluster
+from train import cluster
 from train.errors import EXIT_OK, EXIT_PREEMPTED, UsageError
 
 HOROVOD_MISSING = ("horovod is not installed; build it with: bash launch/build_horovod.sh "
                    ".venv/bin/python (see README)")
 # horovodrun turns any failing rank into its own exit 1; each rank of harness-train
-# records its real exit code here (train.cli), so a preemption still ends in 42.
-EXIT_CODES_ENV = "HARNESS_EXIT_CODE_DIR"
+# records its real exit code there (train.cli), so a preemption still ends in 42.
+EXIT_CODES_ENV = cluster.EXIT_CODE_DIR_ENV
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,18 +94,14 @@ def _multiworker_workers(restart, *, spec, command, env):
         worker_env = _with_defaults(env) | harness_env(
             rank=rank, world_size=spec.world_size, local_rank=local_rank,
             local_size=spec.local_size, restart=restart)
-        worker_env["TF_CONFIG"] = cluster.tf_config(addresses, rank)
+        worker_env[cluster.TF_CONFIG_ENV] = cluster.tf_config(addresses, rank)
         workers.append(WorkerSpec(rank=rank, label=f"worker {rank}", argv=command,
                                   env=worker_env, prefix=f"[{rank}] "))
     return workers
 
 
 def _kept_tf_config_worker(restart, *, config, command, env):
-    # Rank as train.distribute.base counts it: the chief first, then the workers.
-    chiefs = len(config["cluster"].get("chief", []))
-    index = int(config["task"]["index"])
-    rank = index + chiefs if config["task"]["type"] == "worker" else index
-    world = chiefs + len(config["cluster"].get("worker", []))
+    rank, world = cluster.task_rank(config)  # as the trainer counts: the chief first
     worker_env = _with_defaults(env) | harness_env(
         rank=rank, world_size=world, local_rank=0, local_size=1, restart=restart)
     return [WorkerSpec(rank=rank, label=f"worker {rank}", argv=command, env=worker_env,
@@ -115,7 +111,7 @@ def _kept_tf_config_worker(restart, *, config, command, env):
 def _horovod_workers(restart, *, argv, env):
     # horovodrun sets HOROVOD_RANK & co. per rank and prefixes their output itself.
     exit_codes_dir = tempfile.mkdtemp(prefix="harness-exits-")
-    worker_env = _with_defaults(env) | {"HARNESS_RESTART_COUNT": str(restart),
+    worker_env = _with_defaults(env) | {cluster.RESTART_COUNT_ENV: str(restart),
                                         EXIT_CODES_ENV: exit_codes_dir}
     return [WorkerSpec(rank=0, label="horovodrun", argv=argv, env=worker_env,
                        exit_codes_dir=exit_codes_dir)]
@@ -132,15 +128,16 @@ def recorded_exit_code(directory, code):
         shutil.rmtree(directory, ignore_errors=True)
     except (OSError, ValueError):
         return code
-    if code != EXIT_OK and EXIT_PREEMPTED in recorded and set(recorded) <= {EXIT_OK, EXIT_PREEMPTED}:
+    preempted = EXIT_PREEMPTED in recorded and set(recorded) <= {EXIT_OK, EXIT_PREEMPTED}
+    if code != EXIT_OK and preempted:
         return EXIT_PREEMPTED
     return code
 
 
 def harness_env(*, rank, world_size, local_rank, local_size, restart):
-    return {"HARNESS_RANK": str(rank), "HARNESS_WORLD_SIZE": str(world_size),
-            "HARNESS_LOCAL_RANK": str(local_rank), "HARNESS_LOCAL_WORLD_SIZE": str(local_size),
-            "HARNESS_RESTART_COUNT": str(restart)}
+    return {cluster.RANK_ENV: str(rank), cluster.WORLD_SIZE_ENV: str(world_size),
+            cluster.LOCAL_RANK_ENV: str(local_rank), cluster.LOCAL_WORLD_SIZE_ENV: str(local_size),
+            cluster.RESTART_COUNT_ENV: str(restart)}
 
 
 def _with_defaults(env):

@@ -184,11 +184,11 @@ class _Attempt:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         start_new_session=True)
             except FileNotFoundError:
-                raise UsageError(f"command not found: {spec.argv[0]}")
+                raise UsageError(f"command not found: {spec.argv[0]}") from None
             except PermissionError:
-                raise UsageError(f"command is not executable: {spec.argv[0]}")
+                raise UsageError(f"command is not executable: {spec.argv[0]}") from None
             except OSError as error:
-                raise HarnessError(f"cannot start {spec.label}: {error}")
+                raise HarnessError(f"cannot start {spec.label}: {error}") from None
             self.procs.append(proc)
             for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
                 reader = threading.Thread(target=pump, daemon=True,

@@ -25,7 +25,7 @@ def pytest_unconfigure(config):
 def data_dir(tmp_path_factory):
     """A TFDS data_dir with the built-in shapes10 prepared once for the whole session."""
     path = tmp_path_factory.mktemp("tfds")
-    subprocess.run([sys.executable, "-c", "import sys; from train.data import pipeline as data; "
+    subprocess.run([sys.executable, "-c", "import sys; from train import data; "
                     "data.dataset_info('shapes10', sys.argv[1])", str(path)],
                    check=True, cwd=REPO, env={**os.environ, **QUIET_ENV}, timeout=300)
     return str(path)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from train import models, optimizers
 from train.checkpoint import manager as checkpoint
-from train.data import pipeline as data
+from train import data
 from train.export import write as export
 from train import durable
 from train.cli import evaluate as evaluate_lib

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train.data import pipeline as data
-from train.distribute import base as distribute
+from train import data
+from train import distribute
 from train.loops.trainer import Trainer
 from train.loops.preemption import PreemptionWatcher
 

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from train import run
-from train.distribute import base as distribute
+from train import distribute
 from train.checkpoint.manager import CheckpointManager
 from train.loops.controller import Controller, Schedule
 from train.errors import Preempted

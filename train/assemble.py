@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from train import models, optimizers, precision, workdir
 from train.checkpoint import manager as checkpoint
-from train.data import pipeline as data
+from train import data
 from train.errors import UsageError
 from train.loops.controller import Controller, Schedule
 from train.loops.trainer import Trainer

@@ -11,7 +11,7 @@ import time
 
 from train import assemble, optimizers
 from train import workdir as workdir_lib
-from train.distribute import base as distribute
+from train import distribute
 from train.errors import UsageError
 from train.loops.preemption import PreemptionWatcher
 from train.loops.trainer import RECORD_INDICES_ENV

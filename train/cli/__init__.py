@@ -5,7 +5,7 @@ become one line on stderr and the exit code of train.errors (no traceback for ba
 import os
 import sys
 
-from train import import_tensorflow_quietly
+from train import cluster, import_tensorflow_quietly
 from train.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HarnessError
 
 
@@ -30,10 +30,10 @@ def guarded(prog, body, argv):
 def record_exit_code(code):
     """Under harness-launch --backend horovod: horovodrun reports any failing rank as 1,
     so each rank leaves its real code for the launcher (launch.plan.recorded_exit_code)."""
-    directory = os.environ.get("HARNESS_EXIT_CODE_DIR")
+    directory = os.environ.get(cluster.EXIT_CODE_DIR_ENV)
     if not directory:
         return
-    rank = os.environ.get("HOROVOD_RANK", os.environ.get("HARNESS_RANK", "0"))
+    rank = os.environ.get("HOROVOD_RANK", os.environ.get(cluster.RANK_ENV, "0"))
     try:
         with open(os.path.join(directory, f"rank-{rank}.exit"), "w", encoding="utf-8") as f:
             f.write(f"{code}\n")

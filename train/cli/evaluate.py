@@ -100,7 +100,7 @@ def _check_source_path(args):
 
 def run_eval(args):
     """Evaluate the source named by parsed `args`; returns the result dict."""
-    from train.data import pipeline as data
+    from train import data
     from train.export import write as export
 
     config = read_run_config(args.workdir) if args.workdir is not None else {}
@@ -311,7 +311,7 @@ def _identity(config):
     """model, dataset, image_shape, num_classes of the run (config.json, else the dataset)."""
     identity = {k: config.get(k) for k in ("model", "dataset", "image_shape", "num_classes")}
     if identity["image_shape"] is None or identity["num_classes"] is None:
-        from train.data import pipeline as data
+        from train import data
 
         info = data.dataset_info(identity["dataset"] or DEFAULT_DATASET, config.get("data_dir"))
         identity.update(dataset=info.name, image_shape=list(info.image_shape),

@@ -7,7 +7,7 @@ on the raw `tf.Variable`s under the Keras variables:
 * one process per rank (started by horovodrun, or alone: then it is a single rank);
   one GPU per local rank when the host has GPUs (memory growth on);
 * data: every rank builds its own pipeline with an InputContext (pipeline = rank,
-  pipelines = replicas = size), so train.data.pipeline shards by rank exactly as for multi-worker
+  pipelines = replicas = size), so train.data.order shards by rank exactly as for multi-worker
   (global batch = per-rank batch x ranks);
 * gradients: the loss of each rank is scaled by the *global* batch (train.loops.trainer), so the
   gradients are SUMMED across ranks with one `hvd.grouped_allreduce(op=hvd.Sum)`, which
@@ -22,7 +22,7 @@ on the raw `tf.Variable`s under the Keras variables:
 
 import tensorflow as tf
 
-from train.distribute.base import Backend
+from train.distribute import base
 from train.errors import UsageError, first_line
 
 INSTALL_HINT = "build it with: bash launch/build_horovod.sh (see README)"
@@ -35,18 +35,19 @@ def _import_horovod():
         import horovod.tensorflow as hvd
     except ModuleNotFoundError as e:
         if e.name in ("horovod", "horovod.tensorflow"):
-            raise UsageError(f"--strategy horovod: horovod is not installed; {INSTALL_HINT}")
+            raise UsageError(
+                f"--strategy horovod: horovod is not installed; {INSTALL_HINT}") from None
         raise UsageError(f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); "
-                         f"{INSTALL_HINT}")
+                         f"{INSTALL_HINT}") from None
     except (ImportError, OSError, tf.errors.NotFoundError) as e:
         # Typically its op library was built against another TensorFlow.
         raise UsageError(f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); "
                          "rebuild it for this TensorFlow with: "
-                         "HOROVOD_REBUILD=1 bash launch/build_horovod.sh")
+                         "HOROVOD_REBUILD=1 bash launch/build_horovod.sh") from None
     return hvd
 
 
-class HorovodBackend(Backend):
+class HorovodBackend(base.Backend):
     name = "horovod"
     # Horovod's XLA op variants are left out of the build (they do not compile against
     # TF 2.21), so --jit-compile leaves the train step unjitted.
@@ -74,7 +75,7 @@ class HorovodBackend(Backend):
         summed = self.hvd.grouped_allreduce(dense, op=self.hvd.Sum,
                                             compression=self._compression)
         out = list(grads)
-        for i, g in zip(present, summed):
+        for i, g in zip(present, summed, strict=True):
             out[i] = g
         return out
 
@@ -109,7 +110,7 @@ def _raw_variable(variable):
 
 def _pin_gpu(hvd):
     """One GPU per local rank; must run before TensorFlow initialises its devices."""
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = base.gpus()
     if not gpus:
         return
     local = hvd.local_rank()
@@ -121,7 +122,8 @@ def _pin_gpu(hvd):
             tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpus[local], "GPU")
     except RuntimeError as e:  # TensorFlow already initialised (in-process use)
-        raise UsageError(f"--strategy horovod: cannot pin GPU {local} to this rank: {e}")
+        raise UsageError(
+            f"--strategy horovod: cannot pin GPU {local} to this rank: {e}") from None
 
 
 def create(*, fp16_allreduce=False):

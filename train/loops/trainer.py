@@ -2,7 +2,7 @@
 
 Step semantics: one step = one global batch = one optimizer update, whatever the number
 of replicas. `step` lives in a tf.Variable that is checkpointed with the model; the data
-position is a pure function of it (train.data.pipeline), so resuming needs nothing else.
+position is a pure function of it (train.data.order), so resuming needs nothing else.
 
 Each compiled call runs up to `steps_per_call` steps and returns the sums of
 [loss * examples, correct, examples, stop] over all replicas; `stop` is the preemption
@@ -22,7 +22,7 @@ import time
 import keras
 import tensorflow as tf
 
-from train.data import pipeline as data
+from train import data
 
 LOSS_SUM, CORRECT, COUNT, STOP = range(4)
 RECORD_INDICES_ENV = "HARNESS_RECORD_INDICES"

@@ -1,14 +1,12 @@
-"""train.data.pipeline: the index stream, exact resume, sharding, batch sizes, errors, eval coverage."""
-
-import subprocess
-import sys
-import time
+"""train.data.pipeline: exact resume, per-worker batches, augmentation, batch sizes and
+eval coverage."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from train.data import pipeline as data
+from train import data
+from train.data import order, sources
 from train.data.builtin import shapes10
 from train.errors import UsageError
 
@@ -29,56 +27,9 @@ def shapes_dir(tmp_path_factory):
     return data_dir
 
 
-def _indices(info, count, **kwargs):
-    kwargs.setdefault("seed", 1)
-    kwargs.setdefault("start_example", 0)
-    return [int(i) for i in data.example_indices(info, **kwargs).take(count)]
-
-
 def _batches(info, data_dir, count, **kwargs):
     ds = data.train_dataset(info, data_dir, **kwargs).take(count)
     return [(x.numpy(), y.numpy()) for x, y in ds]
-
-
-def test_default_data_dir_follows_env(monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", "/some/where")
-    assert data.default_data_dir() == "/some/where"
-    monkeypatch.delenv("TFDS_DATA_DIR")
-    assert data.default_data_dir().endswith("tensorflow_datasets")
-
-
-def test_index_stream_is_a_new_permutation_each_epoch():
-    stream = _indices(TINY, 300)
-    epochs = [stream[i:i + 100] for i in range(0, 300, 100)]
-    for epoch in epochs:
-        assert sorted(epoch) == list(range(100))
-    assert epochs[0] != epochs[1] != epochs[2]
-    assert _indices(TINY, 100, seed=2) != epochs[0]
-    assert _indices(TINY, 300) == stream  # a pure function of the seed
-
-
-def test_start_example_slices_the_same_stream():
-    stream = _indices(TINY, 300)
-    for start in (37, 100, 163):
-        assert _indices(TINY, 300 - start, start_example=start) == stream[start:]
-
-
-def test_position():
-    assert data.position(TINY, step=0, global_batch_size=16) == (0, 0)
-    assert data.position(TINY, step=7, global_batch_size=16) == (1, 12)
-    # 2 workers: 50 examples each per epoch, 8 per worker per step.
-    assert data.position(TINY, step=7, global_batch_size=16, num_workers=2) == (1, 6)
-    with pytest.raises(UsageError):
-        data.position(TINY, step=1, global_batch_size=15, num_workers=2)
-
-
-def test_worker_shards_are_disjoint_and_cover_the_epoch():
-    whole = _indices(TINY, 100)
-    shards = [_indices(TINY, 33, worker_index=w, num_workers=3) for w in range(3)]
-    assert sorted(sum(shards, [])) == sorted(whole[:99])  # 100 // 3 * 3: tail dropped
-    # The second epoch of each worker starts right after its 33 examples.
-    second = [_indices(TINY, 66, worker_index=w, num_workers=3)[33:] for w in range(3)]
-    assert sorted(sum(second, [])) == sorted(_indices(TINY, 200)[100:199])
 
 
 @pytest.mark.parametrize("start_step", [3, 6, 7])  # mid-epoch, spanning the boundary, after it
@@ -117,8 +68,9 @@ def test_training_batches_follow_the_index_stream(shapes_dir):
     info = data.dataset_info("shapes10", shapes_dir)
     (x, y), = _batches(info, shapes_dir, 1, global_batch_size=64, seed=1, start_step=0,
                        augment=False)
-    indices = _indices(info, 64, seed=1)
-    images, labels = data._load_split("shapes10", shapes_dir, "train")
+    indices = [int(i) for i, _ in order.epochs(info.num_train, seed=1, step=0,
+                                               global_batch_size=64).unbatch().take(64)]
+    images, labels = sources.load_split("shapes10", shapes_dir, "train")
     np.testing.assert_array_equal(y, labels.numpy()[indices])
     np.testing.assert_array_equal(x, images.numpy()[indices])  # uint8, as stored
     assert x.dtype == np.uint8 and y.dtype == np.int32
@@ -135,7 +87,7 @@ def test_augmentation_is_a_padded_crop_or_flip(shapes_dir):
     (plain, _), = _batches(info, shapes_dir, 1, augment=False, **kwargs)
     (augmented, _), = _batches(info, shapes_dir, 1, augment=True, **kwargs)
     assert not np.array_equal(plain, augmented)
-    for original, result in zip(plain, augmented):
+    for original, result in zip(plain, augmented, strict=True):
         padded = np.pad(original, ((4, 4), (4, 4), (0, 0)))
         crops = [padded[dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
         assert any(np.array_equal(result, c) or np.array_equal(result, c[:, ::-1]) for c in crops)
@@ -146,8 +98,8 @@ def test_codes_augment_in_the_step_exactly_as_the_pipeline_does(shapes_dir):
     info = data.dataset_info("shapes10", shapes_dir)
     kwargs = dict(global_batch_size=32, seed=2, start_step=3)  # 200 / 32: crosses epochs
     fed = data.train_dataset(info, shapes_dir, augment=False, with_codes=True, **kwargs)
-    for (x, y, codes), (ax, ay) in zip(fed.take(5), _batches(info, shapes_dir, 5,
-                                                              augment=True, **kwargs)):
+    augmented = _batches(info, shapes_dir, 5, augment=True, **kwargs)
+    for (x, y, codes), (ax, ay) in zip(fed.take(5), augmented, strict=True):
         assert x.dtype == tf.uint8 and codes.dtype == tf.int32 and codes.shape == (32,)
         in_step = data.augment_images(data.to_float(x), codes).numpy()
         np.testing.assert_array_equal(in_step, data.to_float(ax).numpy())
@@ -170,31 +122,10 @@ def test_batch_not_divisible_by_replicas_is_a_usage_error():
         data.eval_dataset(TINY, None, global_batch_size=32, input_context=context)
 
 
-def test_unknown_dataset_is_a_one_line_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="unknown dataset 'nosuch'") as error:
-        data.dataset_info("nosuch", str(tmp_path))
-    assert "\n" not in str(error.value)
-
-
-def test_unprepared_tfds_dataset_fails_fast_and_says_how_to_prepare(tmp_path):
-    started = time.monotonic()
-    with pytest.raises(UsageError, match="tfds build mnist") as error:
-        data.dataset_info("mnist", str(tmp_path))
-    assert time.monotonic() - started < 10  # no download, no network wait
-    assert "\n" not in str(error.value)
-    assert not any(tmp_path.iterdir())  # nothing written
-
-
-def test_synthetic_info():
-    info = data.dataset_info("synthetic", None)
-    assert (info.image_shape, info.num_classes, info.num_train, info.num_test) == (
-        (32, 32, 3), 10, 50_000, 10_000)
-
-
 def test_eval_covers_each_test_example_once(shapes_dir):
     info = data.dataset_info("shapes10", shapes_dir)
     assert (info.num_train, info.num_test) == (SMALL_TRAIN, SMALL_TEST)
-    _, labels = data._load_split("shapes10", shapes_dir, "test")
+    _, labels = sources.load_split("shapes10", shapes_dir, "test")
     batches = list(data.eval_dataset(info, shapes_dir, global_batch_size=32))
     assert [len(y) for _, y in batches] == [32, 32, 6]  # last partial batch kept
     np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels.numpy())
@@ -209,22 +140,3 @@ def test_eval_covers_each_test_example_once(shapes_dir):
     np.testing.assert_array_equal(shards[1], everything[1::2])
 
 
-_PREPARE = """
-import sys
-from train.data import pipeline as data
-from train.data.builtin import shapes10
-shapes10.NUM_TRAIN, shapes10.NUM_TEST = 200, 50
-print(data.dataset_info("shapes10", sys.argv[1]).num_train)
-"""
-
-
-@pytest.mark.slow
-def test_concurrent_first_use_prepares_once(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["200", "200"]
-    # TFDS announces each preparation (on stdout): exactly one process prepared.
-    assert sum("downloaded and prepared" in out + err for out, err in outputs) == 1

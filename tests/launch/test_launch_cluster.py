@@ -111,34 +111,12 @@ def test_inconsistent_flags_are_usage_errors(flags, expected):
         resolve(**flags)
 
 
-def test_tf_config_lists_the_cluster_and_the_task():
-    addresses = ["alpha:29500", "beta:29500"]
-    assert json.loads(cluster.tf_config(addresses, 1)) == {
-        "cluster": {"worker": addresses}, "task": {"type": "worker", "index": 1}}
-
-
 def test_free_ports_are_distinct_and_bindable():
     ports = cluster.free_ports(4)
     assert len(set(ports)) == 4
     for port in ports:
         with socket.socket() as probe:
             probe.bind(("", port))
-
-
-@pytest.mark.parametrize("raw", [
-    "{not json", "[]", '{"cluster": {"worker": ["a:1"]}}', '{"task": {"type": "worker"}}',
-    '{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}',
-    '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
-    '{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}',
-])
-def test_malformed_tf_config_in_the_environment_is_a_usage_error(raw):
-    with pytest.raises(UsageError, match="TF_CONFIG in the environment is malformed"):
-        cluster.existing_tf_config({"TF_CONFIG": raw})
-
-
-def test_absent_or_empty_tf_config_is_none():
-    assert cluster.existing_tf_config({}) is None
-    assert cluster.existing_tf_config({"TF_CONFIG": ""}) is None
 
 
 # --- Slurm ---------------------------------------------------------------------

@@ -53,7 +53,8 @@ def run(argv, *, env, timeout, check_exit=0):
                           timeout=timeout)
     if check_exit is not None and proc.returncode != check_exit:
         raise AssertionError(f"exit {proc.returncode} != {check_exit}: {' '.join(argv)}\n"
-                             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+                             f"--- stdout\n{proc.stdout[-4000:]}\n"
+                             f"--- stderr\n{proc.stderr[-4000:]}")
     return proc
 
 
@@ -108,17 +109,32 @@ def wait_for(predicate, proc, timeout, what):
     while not predicate():
         if proc.poll() is not None:
             out, err = proc.communicate()
-            raise AssertionError(f"exited {proc.returncode} before {what}\n{out[-3000:]}\n{err[-3000:]}")
+            raise AssertionError(
+                f"exited {proc.returncode} before {what}\n{out[-3000:]}\n{err[-3000:]}")
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
 
 
+def signal_rank_1(proc, tag, ready, what, signum, *, timeout):
+    """Once ready(), send signum to rank 1 of the run tagged `tag`; proc's (stdout, stderr)."""
+    try:
+        wait_for(ready, proc, 180, what)
+        victims = rank_pids(tag, 1)
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signum)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 # --- without Horovod -------------------------------------------------------------------
 
 def test_missing_horovod_is_a_usage_error_naming_the_build_script(monkeypatch):
-    from train.distribute import base as distribute
+    from train import distribute
     from train.errors import UsageError
 
     monkeypatch.setitem(sys.modules, "horovod", None)  # import horovod -> ImportError
@@ -129,7 +145,7 @@ def test_missing_horovod_is_a_usage_error_naming_the_build_script(monkeypatch):
 
 
 def test_fp16_allreduce_needs_horovod_strategy():
-    from train.distribute import base as distribute
+    from train import distribute
     from train.errors import UsageError
 
     with pytest.raises(UsageError, match="applies to --strategy horovod only"):
@@ -172,7 +188,8 @@ b = horovod_backend.create(fp16_allreduce=fp16)
 r = b.worker_index
 assert (b.num_workers, b.num_replicas, b.is_chief) == (2, 2, r == 0), b.describe()
 ctx = b.input_context()
-assert (ctx.input_pipeline_id, ctx.num_input_pipelines, ctx.get_per_replica_batch_size(64)) == (r, 2, 32)
+assert (ctx.input_pipeline_id, ctx.num_input_pipelines,
+        ctx.get_per_replica_batch_size(64)) == (r, 2, 32)
 
 # Broadcast from rank 0 onto Keras 3 variables and a raw tf.Variable.
 kv = keras.Variable(np.full((3,), r + 1.0, np.float32))
@@ -261,17 +278,8 @@ def test_kill_9_of_one_rank_restarts_and_resumes_bitwise(reference, tmp_path, da
          "--max-restarts", "1", "--restart-backoff", "0.2", "--",
          *train_argv(workdir, data_dir, "--steps", str(STEPS), "--no-export")],
         cwd=REPO, env=clean_env(tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: (workdir / "checkpoints" / "latest").exists(), launcher, 180,
-                 "the first checkpoint")
-        victims = rank_pids(tag, 1)
-        assert len(victims) == 1, victims
-        os.kill(victims[0], signal.SIGKILL)
-        out, err = launcher.communicate(timeout=240)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.communicate()
+    out, err = signal_rank_1(launcher, tag, lambda: (workdir / "checkpoints" / "latest").exists(),
+                             "the first checkpoint", signal.SIGKILL, timeout=240)
     assert launcher.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
     assert "restart 1/1" in err, err[-3000:]
     rows = read_metrics(workdir)
@@ -294,17 +302,9 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, data_d
          *train_argv(workdir, data_dir, "--steps", "2000", "--checkpoint-every", "1000",
                      "--no-export", "--jit-compile")],
         cwd=REPO, env=clean_env(tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # A logged step: both ranks are past installing their signal handlers.
-        wait_for(lambda: logged(workdir), proc, 180, "the first log row")
-        victims = rank_pids(tag, 1)
-        assert len(victims) == 1, victims
-        os.kill(victims[0], signal.SIGUSR1)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # A logged step: both ranks are past installing their signal handlers.
+    out, err = signal_rank_1(proc, tag, lambda: logged(workdir), "the first log row",
+                             signal.SIGUSR1, timeout=120)
     stopped = dict(re.findall(r"^\[(\d)\]<stdout>:\s*preempted\s+step=(\d+)", out, re.M))
     assert set(stopped) == {"0", "1"} and stopped["0"] == stopped["1"], out[-3000:]
     step = int(stopped["0"])

@@ -67,7 +67,9 @@ def test_follows_the_single_worker_loss_curve(uninterrupted, tmp_path, data_dir)
                            *COMMON], cwd=REPO, env=harness_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    losses = lambda w: [r["loss"] for r in read_metrics(w) if "loss" in r]
+    def losses(w):
+        return [r["loss"] for r in read_metrics(w) if "loss" in r]
+
     assert losses(single) == pytest.approx(losses(workdir), rel=1e-4)
 
 
