@@ -1,4 +1,4 @@
-"""train.export.write and train.cli.evaluate: the seed's four forms of a trained model.
+"""train.export and train.cli.evaluate: the seed's four forms of a trained model.
 
 Checkpoint (train.checkpoint.manager), weights only, whole model and SavedModel must predict the
 same as the in-memory model and evaluate to the same loss and accuracy; model.keras keeps
@@ -23,7 +23,7 @@ import tensorflow as tf
 from train import models, optimizers
 from train.checkpoint import manager as checkpoint
 from train.data import pipeline as data
-from train.export import write as export
+from train import export
 from train import durable
 from train.cli import evaluate as evaluate_lib
 from train.config import TrainConfig
@@ -589,7 +589,7 @@ import sys, numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from train import models
-from train.export import write as export
+from train import export
 out = sys.argv[1]
 keras.utils.set_random_seed(0)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -7,7 +7,7 @@
     harness-eval --saved-model DIR                  a SavedModel (its serving signature)
     harness-export --workdir DIR --format {keras,weights,saved_model,all} [--step N] [--out DIR]
 
-Every form of the same trained model gives the same loss and accuracy (train.export.write.evaluate).
+Every form of the same trained model gives the same loss and accuracy (train.export.evaluate).
 The `main` functions only parse flags and print; the work is in library functions that
 tests call directly. Bad input: one line `harness-eval: error: ...` on stderr, exit 2.
 TensorFlow is imported first (train.cli), with its C++ start-up banner held back, so
@@ -86,7 +86,7 @@ def parse_eval_args(argv):
 
 def _check_source_path(args):
     """Missing paths and wrong file types, before TensorFlow is imported."""
-    from train.export import write as export  # imports no TensorFlow
+    from train import export  # imports no TensorFlow
 
     if args.workdir is not None:
         read_run_config(args.workdir)
@@ -101,7 +101,7 @@ def _check_source_path(args):
 def run_eval(args):
     """Evaluate the source named by parsed `args`; returns the result dict."""
     from train.data import pipeline as data
-    from train.export import write as export
+    from train import export
 
     config = read_run_config(args.workdir) if args.workdir is not None else {}
     dataset = args.dataset or config.get("dataset") or DEFAULT_DATASET
@@ -137,7 +137,7 @@ def run_eval(args):
 
 def check_fits(model, info, path):
     """The model must take the dataset's images and predict over its classes."""
-    from train.export import write as export
+    from train import export
 
     shape, classes = export.io_spec(model)
     if tuple(shape) != tuple(info.image_shape) or classes != info.num_classes:
@@ -202,7 +202,7 @@ def parse_export_args(argv):
 
 def run_export(args):
     """Restore the checkpoint named by `args` and export it; returns {format: path, ...}."""
-    from train.export import write as export
+    from train import export
 
     restored = restore_checkpoint(args.workdir, step=args.step)
     out = args.out or os.path.join(args.workdir, EXPORT_DIR, f"ckpt-{restored.step}")
@@ -279,7 +279,7 @@ def restore_checkpoint(workdir, *, step=None):
 
     from train import models, optimizers, precision
     from train.checkpoint import manager as checkpoint
-    from train.export import write as export
+    from train import export
 
     config = read_run_config(workdir)
     directory = os.path.join(workdir, CHECKPOINT_DIR)
