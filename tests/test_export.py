@@ -1,4 +1,4 @@
-"""train.export and train.cli.evaluate: the seed's four forms of a trained model.
+"""train.export and train.cli (eval, export, saved_run): the seed's four forms of a trained model.
 
 Checkpoint (train.checkpoint.manager), weights only, whole model and SavedModel must predict the
 same as the in-memory model and evaluate to the same loss and accuracy; model.keras keeps
@@ -25,11 +25,11 @@ from train.checkpoint import manager as checkpoint
 from train.data import pipeline as data
 from train import export
 from train import durable
-from train.cli import evaluate as evaluate_lib
+from train.cli import saved_run
 from train.config import TrainConfig
 from train.data.builtin import shapes10
 from train.errors import UsageError
-from train.cli.evaluate import eval_main, export_main
+from train.cli import eval_main, export_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE, CLASSES = (18, 18, 3), 4  # the smallest input the seed CNN takes is 18x18
@@ -451,7 +451,7 @@ def test_cli_eval_of_another_split_reports_it(workdir, capsys):
     result = _eval_json(capsys, "--workdir", workdir.path, "--split", "train")
     assert (result["split"], result["examples"]) == ("train", NUM_TRAIN)
     info = data.dataset_info("shapes10", workdir.data_dir)
-    restored = evaluate_lib.restore_checkpoint(workdir.path)
+    restored = saved_run.restore_checkpoint(workdir.path)
     expected = export.evaluate(export.make_predict_fn(restored.model), data.eval_dataset(
         info, workdir.data_dir, global_batch_size=100, float_images=True, split="train"))
     assert result["accuracy"] == expected["accuracy"] and result["examples"] == NUM_TRAIN
@@ -554,11 +554,12 @@ def _run_python(code, *args):
                           capture_output=True, text=True, timeout=120)
 
 
-_EVAL = "import sys; from train.cli.evaluate import eval_main; sys.exit(eval_main(sys.argv[1:]))"
+_EVAL = "import sys; from train.cli import eval_main; sys.exit(eval_main(sys.argv[1:]))"
 
 
 def test_subprocess_bad_path_is_exactly_one_stderr_line(bad_files):
-    """Checked before TensorFlow is imported: nothing else reaches stderr."""
+    """TensorFlow's start-up banner is held back and the path is checked before anything is
+    loaded: nothing else reaches stderr."""
     proc = _run_python(_EVAL, "--model-file", bad_files.weights)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
