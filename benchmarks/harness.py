@@ -112,7 +112,7 @@ def trainer_steps(parts, steps, iterator=None, steps_per_call=None):
 
 def build_keras(config, backend, info):
     """The seed's model.compile under the same strategy; the same pipeline for fit."""
-    from train.export import write as export
+    from train import export
 
     keras.utils.set_random_seed(config.seed)  # the harness model's initial weights too
     # float32 whatever the harness runs in: the seed's model, as plain Keras builds it.

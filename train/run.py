@@ -95,7 +95,7 @@ def _train(parts, monitor, restored):
     # interrupted and an uninterrupted run are the bitwise-exactness check.
     monitor.event("finished", step=final, weights_sha256=variables_digest(trainer.model.variables))
     if backend.is_chief and config.export:
-        from train.export import write as export
+        from train import export
 
         path = workdir_lib.export_dir(config.workdir)
         export.export_model(trainer.model, trainer.optimizer, path)
