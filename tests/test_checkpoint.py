@@ -16,7 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from train.checkpoint import faults  # noqa: E402
 from train.checkpoint import files as cf  # noqa: E402
+from train.checkpoint import manifest as cm  # noqa: E402
 from train import models  # noqa: E402
 from train.checkpoint.manager import CheckpointManager, CheckpointOptions  # noqa: E402
 from train.errors import CheckpointError, CheckpointWriteError, UsageError  # noqa: E402
@@ -288,7 +290,7 @@ C1, C2, DATA = "ckpt-00000001", "ckpt-00000002", ["state.data-00000-of-00001", "
 def test_crash_at_each_phase_keeps_a_restorable_checkpoint(ckdir, phase, mode, crashed,
                                                            expected):
     done = run_fault_script(ckdir, phase, mode)
-    assert done.returncode == cf.FAULT_EXIT_CODE, done.stderr[-2000:]
+    assert done.returncode == faults.FAULT_EXIT_CODE, done.stderr[-2000:]
     assert on_disk(ckdir) == crashed
     weights, step = tf.Variable(tf.zeros([3, 4])), tf.Variable(0, dtype=tf.int64)
     state = {"model": [weights], "train": [step]}
@@ -345,15 +347,15 @@ def test_damage_falls_back_with_a_warning(ckdir, two_saved, caplog, damage, expe
 
 def _as_format_1(path):
     """Rewrite a checkpoint's manifest as format 1 wrote it: a sha256 for every file."""
-    manifest = cf.load_manifest(path, cf.parse_step(os.path.basename(path)))
+    manifest = cm.load_manifest(path, cf.parse_step(os.path.basename(path)))
     for name, record in manifest["files"].items():
         record.pop("check", None)
-        record["sha256"] = cf.file_sha256(os.path.join(path, name))
-    cf.write_manifest(os.path.join(path, "manifest.json"), dict(manifest, format_version=1))
+        record["sha256"] = cm.file_sha256(os.path.join(path, name))
+    cm.write_manifest(os.path.join(path, "manifest.json"), dict(manifest, format_version=1))
 
 
 def test_data_shard_is_checked_by_tensor_crcs_and_format_1_still_reads(ckdir, two_saved):
-    files = cf.load_manifest(os.path.join(ckdir, C2), 2)["files"]
+    files = cm.load_manifest(os.path.join(ckdir, C2), 2)["files"]
     assert files["state.data-00000-of-00001"] == {
         "size": os.path.getsize(os.path.join(ckdir, C2, "state.data-00000-of-00001")),
         "check": "tensor_crc32c"}
@@ -532,6 +534,6 @@ def test_misuse_is_a_usage_error(ckdir, monkeypatch):
         manager(ckdir, {"a": state["model"], "b": state["model"][:1]})
     with pytest.raises(UsageError, match="JSON"):
         CheckpointManager(directory=ckdir, state=state, is_chief=True, meta={"x": object()})
-    monkeypatch.setenv(cf.FAULT_ENV, "before_lunch")
+    monkeypatch.setenv(faults.FAULT_ENV, "before_lunch")
     with manager(ckdir, state) as m, pytest.raises(UsageError, match="before_lunch"):
         m.save(1)
