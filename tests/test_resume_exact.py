@@ -20,6 +20,7 @@ import pytest
 
 from conftest import REPO, harness_env
 from train.checkpoint import files as cf
+from train.checkpoint import manifest as cm
 
 pytestmark = pytest.mark.slow
 STEPS = 180
@@ -142,7 +143,7 @@ def assert_checkpoints_intact(workdir):
     steps = sorted(step for step in map(cf.parse_step, names) if step is not None)
     for step in steps:
         path = os.path.join(directory, cf.ckpt_name(step))
-        cf.check_files(path, cf.load_manifest(path, step), hashes=True)
+        cm.check_files(path, cm.load_manifest(path, step), hashes=True)
     pointer, problem = cf.read_pointer(directory)
     assert problem is None, (problem, names)
     resume = cf.parse_step(pointer) if pointer else (steps[-1] if steps else None)
