@@ -19,12 +19,13 @@ from train.errors import ArgumentParser, UsageError, first_line
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
 PRECISIONS = ("auto", "fp32", "mixed_float16", "mixed_bfloat16")
+DEFAULT_DATASET = "shapes10"  # built locally: the default needs no download
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     workdir: str
-    dataset: str = "shapes10"
+    dataset: str = DEFAULT_DATASET
     data_dir: Optional[str] = None
     model: str = "cnn"
     steps: Optional[int] = 2000

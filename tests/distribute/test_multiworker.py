@@ -1,5 +1,6 @@
 """MultiWorkerMirroredStrategy through harness-launch: two localhost workers, CPU."""
 
+import json
 import os
 import re
 import signal
@@ -52,6 +53,8 @@ def test_two_workers_end_identical_and_only_the_chief_wrote(uninterrupted):
     assert set(found) == {0, 1} and found[0] == found[1] and found[0][0] == 30
     assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl",
                                            "tensorboard"]
+    with open(workdir / "config.json", encoding="utf-8") as f:
+        assert json.load(f)["num_workers"] == 2  # what harness-export rebuilds --scale-lr from
     names = os.listdir(workdir / "checkpoints")
     assert not [n for n in names if n.startswith(".tmp")]
     assert "ckpt-00000030" in names

@@ -20,7 +20,8 @@ import sys
 
 from train import export  # imports no TensorFlow
 from train.cli.common import run_main
-from train.cli.saved_run import DEFAULT_DATASET, read_run_config, restore_checkpoint
+from train.cli.saved_run import read_run_config, restore_checkpoint
+from train.config import DEFAULT_DATASET
 from train.errors import EXIT_OK, ArgumentParser, UsageError
 
 DEFAULT_BATCH_SIZE = 256

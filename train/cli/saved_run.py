@@ -1,37 +1,22 @@
 """A saved run's workdir, read back: its config.json, and its model and optimizer rebuilt
 from it with a checkpoint restored (harness-eval --workdir, harness-export).
 
-Reads only. train.run writes what this reads (config.json, checkpoints/).
+Reads only. train.run writes what this reads (train.workdir's layout); the model and
+optimizer are built by train.assemble, as train.run builds them, so their variables match.
 """
 
 import dataclasses
-import json
 import os
 import types
 
-from train.errors import UsageError, first_line
-
-DEFAULT_DATASET = "shapes10"
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+from train import workdir as workdir_lib
+from train.config import DEFAULT_DATASET, OPTIMIZERS, PRECISIONS, TrainConfig
+from train.errors import UsageError
 
 
 def read_run_config(workdir):
     """The run's config.json as a dict; UsageError if the workdir is not a harness run."""
-    if not os.path.isdir(workdir):
-        raise UsageError(f"--workdir {workdir}: no such directory")
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise UsageError(f"--workdir {workdir}: no {CONFIG_FILE} (not a harness-train run "
-                         "directory, or its training never started)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: unreadable run config ({first_line(e)})") from None
-    if not isinstance(config, dict) or not config.get("model"):
-        raise UsageError(f"{path}: run config without a 'model'")
-    return config
+    return workdir_lib.read_config(workdir, required=True)
 
 
 @dataclasses.dataclass
@@ -44,35 +29,30 @@ class Restored:
 
 
 def restore_checkpoint(workdir, *, step=None):
-    """Rebuild the run's model and optimizer from config.json and restore a checkpoint.
-
-    The state mirrors train.run's: {"model": model.variables, "optimizer":
-    optimizer.variables, "train": [step]}, the optimizer built from the run's config
-    (name, learning rate, warmup, precision) so that its variables match. Reads only.
-    """
+    """Rebuild the run's model and optimizer from config.json and restore a checkpoint:
+    the optimizer from the run's name, rate, warmup, precision and world size (num_workers,
+    which --scale-lr multiplied the rate by). Reads only."""
     import tensorflow as tf
 
-    from train import export, models, optimizers, precision
-    from train.checkpoint import manager as checkpoint
+    from train import assemble, export, precision
+    from train.checkpoint import CheckpointManager
 
     config = read_run_config(workdir)
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    directory = workdir_lib.checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        raise UsageError(f"--workdir {workdir}: no checkpoints (no "
+                         f"{workdir_lib.CHECKPOINT_DIR}/ directory)")
     identity = _identity(config)
     train_config = _train_config(config)
     # train.run records the resolved precision; "auto" comes only from hand-made configs.
     with export.dtype_policy_scope(precision.keras_policy(train_config.precision)):
-        model = models.build(identity["model"], identity["image_shape"],
-                             identity["num_classes"])
-    optimizer = optimizers.build(train_config, num_workers=config.get("num_workers", 1))
-    optimizer.build(model.trainable_variables)
+        model, optimizer = assemble.build_state(
+            train_config, identity, strategy=tf.distribute.get_strategy(),
+            num_workers=config.get("num_workers", 1))
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    if not os.path.isdir(directory):
-        raise UsageError(f"--workdir {workdir}: no checkpoints (no {CHECKPOINT_DIR}/ directory)")
     # is_chief=False: this manager only reads (no leftover cleanup, no mkdir).
-    with checkpoint.CheckpointManager(
-            directory=directory, is_chief=False,
-            state={"model": model.variables, "optimizer": optimizer.variables,
-                   "train": [step_var]}) as manager:
+    with CheckpointManager(directory=directory, is_chief=False,
+                           state=assemble.checkpoint_state(model, optimizer, step_var)) as manager:
         restored = manager.restore(step=step)
         if restored is None:
             raise UsageError(f"--workdir {workdir}: no checkpoint in {directory}")
@@ -83,7 +63,7 @@ def restore_checkpoint(workdir, *, step=None):
 
 def _identity(config):
     """model, dataset, image_shape, num_classes of the run (config.json, else the dataset)."""
-    identity = {k: config.get(k) for k in ("model", "dataset", "image_shape", "num_classes")}
+    identity = {k: config.get(k) for k in workdir_lib.IDENTITY_KEYS}
     if identity["image_shape"] is None or identity["num_classes"] is None:
         from train import data
 
@@ -95,8 +75,6 @@ def _identity(config):
 
 def _train_config(config):
     """config.json -> the TrainConfig fields train.optimizers.build reads (with defaults)."""
-    from train.config import OPTIMIZERS, PRECISIONS, TrainConfig
-
     for key, choices in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS)):
         if key in config and config[key] not in choices:
             raise UsageError(f"run config: unknown {key} {config[key]!r}")

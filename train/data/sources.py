@@ -23,9 +23,9 @@ import tensorflow_datasets as tfds
 
 from train.data import builtin as builtin_datasets  # importing registers shapes10 with TFDS
 from train.data import split_cache
+from train.config import DEFAULT_DATASET  # noqa: F401  (part of this module's API)
 from train.errors import UsageError, first_line
 
-DEFAULT_DATASET = "shapes10"
 SYNTHETIC = "synthetic"
 _SPLITS = {}  # (name, data_dir, split) -> (images uint8, labels int32), loaded once
 
