@@ -102,9 +102,7 @@ def keras_window(model, dataset, steps, rewarm, interval, path, saves):
 
 
 def measure_config(opts, model, batch):
-    from train import assemble
-    from train import data
-    from train import distribute
+    from train import assemble, data, distribute
 
     sizes = opts.sizes
     workdir = os.path.join(opts.scratch, f"checkpoint-{model}-{batch}")

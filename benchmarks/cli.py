@@ -56,7 +56,8 @@ def _ints(text):
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -253,7 +254,8 @@ def main(argv=None):
     from train import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from benchmarks import harness, machine as machine_lib, report
+    from benchmarks import harness, report
+    from benchmarks import machine as machine_lib
     from train.errors import HarnessError
 
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as scratch:

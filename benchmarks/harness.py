@@ -15,9 +15,8 @@ import time
 
 import keras
 
-from train import assemble, models
+from train import assemble, data, models
 from train.config import TrainConfig
-from train import data
 from train.loops.controller import Schedule
 from train.loops.preemption import PreemptionWatcher
 from train.loops.trainer import Trainer

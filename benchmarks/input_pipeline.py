@@ -44,9 +44,7 @@ def _label(dataset, augment):
 def measure_config(opts, model, batch):
     import keras
 
-    from train import assemble
-    from train import data
-    from train import distribute
+    from train import assemble, data, distribute
 
     sizes = opts.sizes
     with tempfile.TemporaryDirectory(prefix="bench-input-", dir=opts.scratch) as workdir:

@@ -42,7 +42,8 @@ COLUMNS = {
         ("÷ default", lambda r: _num(r.get("ratio_vs_default_strategy"), 3)),
         ("step ms", lambda r: _num(r.get("step_ms"), 1)),
         ("efficiency", lambda r: _pct(r.get("compute_efficiency"))),
-        ("cpu %", lambda r: _num(r.get("cpu_percent"))), ("rss MB", lambda r: _num(r.get("rss_mb")))],
+        ("cpu %", lambda r: _num(r.get("cpu_percent"))),
+        ("rss MB", lambda r: _num(r.get("rss_mb")))],
     "input": [
         ("model", lambda r: r["model"]), ("batch", lambda r: str(r["batch_size"])),
         ("pipeline", lambda r: r["variant"]),
@@ -70,7 +71,8 @@ COLUMNS = {
         ("exit codes", lambda r: ",".join(map(str, r.get("exit_codes", []))))],
     "scaling": [
         ("backend", lambda r: r["variant"]), ("workers", lambda r: str(r.get("workers", "-"))),
-        ("model", lambda r: r["model"]), ("batch/worker", lambda r: str(r.get("per_worker_batch", "-"))),
+        ("model", lambda r: r["model"]),
+        ("batch/worker", lambda r: str(r.get("per_worker_batch", "-"))),
         ("images/sec", lambda r: _pm(r, "images_per_sec")),
         ("efficiency", lambda r: _pct(r.get("scaling_efficiency"))),
         ("pinning", lambda r: r.get("pinning", "-")), ("note", lambda r: r.get("skipped", ""))],

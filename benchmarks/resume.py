@@ -37,7 +37,7 @@ def measure_config(opts, model, batch):
         order = measure.rotation(KINDS, i)
         if opts.quick:  # a sanity check only: both kinds at once, to stay in the time budget
             with concurrent.futures.ThreadPoolExecutor(len(order)) as pool:
-                done = list(pool.map(lambda k: _trial(opts, model, batch, k, i), order))
+                done = list(pool.map(lambda k: _trial(opts, model, batch, k, i), order))  # noqa: B023
         else:
             done = [_trial(opts, model, batch, kind, i) for kind in order]
         for kind, result in zip(order, done):

@@ -28,7 +28,7 @@ def run(opts, machine):
         for batch in opts.batch_sizes:
             if opts.quick:  # a check only: both backends at once, to stay in the time budget
                 with concurrent.futures.ThreadPoolExecutor(len(BACKENDS)) as pool:
-                    parts = pool.map(lambda b: measure_backend(opts, machine, b, model, batch),
+                    parts = pool.map(lambda b: measure_backend(opts, machine, b, model, batch),  # noqa: B023
                                      BACKENDS)
                     rows += [row for part in parts for row in part]
             else:

@@ -152,8 +152,7 @@ def _build(*, backend, workdir, model, batch_size, dataset, data_dir, precision=
     (harness.build_keras builds the fit model under float32 either way)."""
     import keras
 
-    from train import assemble
-    from train import data
+    from train import assemble, data
 
     config = harness.make_config(workdir=workdir, model=model, batch_size=batch_size,
                                  dataset=dataset, data_dir=data_dir, precision=precision)

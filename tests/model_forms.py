@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
-from train import export, models, optimizers
+from train import data, export, models, optimizers
 from train.checkpoint import manager as checkpoint
-from train.cli import export_main, eval_main
+from train.cli import eval_main, export_main
 from train.config import TrainConfig
-from train import data
 from train.data.builtin import shapes10
+
+from conftest import REPO
 
 SHAPE, CLASSES = (18, 18, 3), 4  # the smallest input the seed CNN takes is 18x18
 NUM_TRAIN, NUM_TEST = 128, 300  # a small shapes10 for the command-line tests

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import checkpoint as ckpt_bench
 from benchmarks import cli, measure, pin, report, throughput
+
 from conftest import harness_env, run_module
 
 # A guard against a quick run that grew by minutes, not the README's "< 3 minutes" target

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, harness_env
 from train import cluster
 from train.errors import UsageError
+
+from conftest import REPO, harness_env
 
 
 def test_tf_config_lists_the_cluster_and_the_task():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import assemble, config as config_mod, models, precision
+from train import assemble, models, precision
+from train import config as config_mod
 
 
 def _cpuinfo(tmp_path, flags):

@@ -18,9 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, harness_env
 from train.checkpoint import files as cf
 from train.checkpoint import manifest as cm
+
+from conftest import REPO, harness_env
 
 pytestmark = pytest.mark.slow
 STEPS = 180

@@ -19,9 +19,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from train import models, optimizers, precision, workdir
+from train import data, models, optimizers, precision, workdir
 from train.checkpoint import manager as checkpoint
-from train import data
 from train.errors import UsageError
 from train.loops.controller import Controller, Schedule
 from train.loops.trainer import Trainer

@@ -59,7 +59,8 @@ class TrainConfig:
 
 
 HELP = {
-    "workdir": "run directory: checkpoints/, metrics.jsonl, tensorboard/, export/; rerunning resumes",
+    "workdir": "run directory: checkpoints/, metrics.jsonl, tensorboard/, export/; "
+               "rerunning resumes",
     "dataset": "'shapes10' (built-in, made locally), 'synthetic' (random tensors) or a TFDS "
                "image-classification dataset prepared in --data-dir (cifar10, mnist, ...)",
     "data_dir": "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
@@ -107,7 +108,8 @@ def build_parser():
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else None
-        text = HELP[field.name] + ("" if field.name == "workdir" else f" (default: {_show(default)})")
+        shown = "" if field.name == "workdir" else f" (default: {_show(default)})"
+        text = HELP[field.name] + shown
         if field.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         else:
@@ -127,7 +129,7 @@ def load_config_file(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise UsageError(f"--config {path}: cannot read ({e.strerror})")
+        raise UsageError(f"--config {path}: cannot read ({e.strerror})") from None
     try:
         if path.endswith(".json"):
             data = json.loads(text)
@@ -136,7 +138,7 @@ def load_config_file(path):
 
             data = yaml.safe_load(text)
     except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
-        raise UsageError(f"--config {path}: malformed ({first_line(e)})")
+        raise UsageError(f"--config {path}: malformed ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -174,7 +176,7 @@ def _coerce(name, value, source):
             return tuple(str(s).strip() for s in items if str(s).strip())
         return str(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{flag}: invalid value {value!r}")
+        raise UsageError(f"{flag}: invalid value {value!r}") from None
 
 
 def parse_args(argv):

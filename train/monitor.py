@@ -58,7 +58,9 @@ class Monitor:
         if self._summary is not None and step is not None:
             with self._summary.as_default(step=int(step)):
                 for key, value in row.items():
-                    if key not in ("step", "wall_time", "event") and isinstance(value, (int, float)):
+                    if key in ("step", "wall_time", "event"):
+                        continue
+                    if isinstance(value, (int, float)):
                         tf.summary.scalar(key, value)
 
     def resources(self):

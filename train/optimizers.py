@@ -56,7 +56,8 @@ def init_from_keras_file(path, model, optimizer):
     try:
         loaded = keras.models.load_model(path, compile=True)
     except Exception as e:  # Keras raises ValueError/OSError/zipfile errors for bad files
-        raise UsageError(f"--init-from {path}: not a loadable Keras model ({first_line(e)})")
+        raise UsageError(
+            f"--init-from {path}: not a loadable Keras model ({first_line(e)})") from None
     _copy(loaded.weights, model.weights, f"--init-from {path}: model does not fit")
     source = getattr(loaded, "optimizer", None)
     if source is not None and len(source.variables) == len(optimizer.variables):

@@ -9,9 +9,8 @@ import json
 import os
 import time
 
-from train import assemble, optimizers
+from train import assemble, distribute, optimizers
 from train import workdir as workdir_lib
-from train import distribute
 from train.errors import UsageError
 from train.loops.preemption import PreemptionWatcher
 from train.loops.trainer import RECORD_INDICES_ENV

@@ -9,13 +9,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from checkpoint_helpers import (  # noqa: E402
+    C1,
+    C2,
+    DATA,
+    ckdir_fixture,  # noqa: E402, F401 (fixtures)
+    leftovers,
+)
 
-from checkpoint_helpers import C1, C2, DATA, leftovers  # noqa: E402
-from checkpoint_helpers import ckdir_fixture  # noqa: E402, F401 (fixtures)
-from conftest import REPO  # noqa: E402
 from train.checkpoint import faults  # noqa: E402
 from train.checkpoint.manager import CheckpointManager  # noqa: E402
 
+from conftest import REPO  # noqa: E402
 
 FAULT_SCRIPT = textwrap.dedent("""
     import os, sys

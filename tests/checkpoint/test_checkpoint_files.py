@@ -6,10 +6,16 @@ import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
+from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
+    assert_values,
+    fill,
+    manager,
+    tiny_state,
+    truncate_data,
+    values,
+    write_pointer,
+)
 
-from checkpoint_helpers import (assert_values, fill, manager, tiny_state,  # noqa: E402
-                                truncate_data, values, write_pointer)
-from checkpoint_helpers import ckdir_fixture, two_saved_fixture  # noqa: E402, F401 (fixtures)
 from train.errors import CheckpointError  # noqa: E402
 
 

@@ -9,10 +9,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
+    assert_values,
+    fill,
+    flip_data_bytes,
+    leftovers,
+    manager,
+    tiny_state,
+    truncate_data,
+    values,
+)
 
-from checkpoint_helpers import (assert_values, fill, flip_data_bytes, leftovers,  # noqa: E402
-                                manager, tiny_state, truncate_data, values)
-from checkpoint_helpers import ckdir_fixture, two_saved_fixture  # noqa: E402, F401 (fixtures)
 from train import models  # noqa: E402
 from train.checkpoint import faults  # noqa: E402
 from train.checkpoint.manager import CheckpointManager, CheckpointOptions  # noqa: E402

@@ -6,10 +6,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
+from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
+    C1,
+    C2,
+    assert_values,
+    flip_data_bytes,
+    manager,
+    tiny_state,
+    truncate_data,
+    write_pointer,
+)
 
-from checkpoint_helpers import (C1, C2, assert_values, flip_data_bytes, manager,  # noqa: E402
-                                tiny_state, truncate_data, write_pointer)
-from checkpoint_helpers import ckdir_fixture, two_saved_fixture  # noqa: E402, F401 (fixtures)
 from train.checkpoint import files as cf  # noqa: E402
 from train.checkpoint import manifest as cm  # noqa: E402
 from train.errors import CheckpointError  # noqa: E402

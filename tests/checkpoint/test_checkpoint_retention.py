@@ -4,8 +4,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from checkpoint_helpers import manager, tiny_state  # noqa: E402
-from checkpoint_helpers import ckdir_fixture  # noqa: E402, F401 (fixtures)
+from checkpoint_helpers import (  # noqa: E402
+    ckdir_fixture,  # noqa: E402, F401 (fixtures)
+    manager,
+    tiny_state,
+)
 
 
 def test_retention_keeps_the_newest(ckdir):

@@ -5,10 +5,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from checkpoint_helpers import (C1, assert_values, fill, flat, manager, tiny_state,  # noqa: E402
-                                values)
-from checkpoint_helpers import ckdir_fixture  # noqa: E402, F401 (fixtures)
+from checkpoint_helpers import (  # noqa: E402
+    C1,
+    assert_values,
+    ckdir_fixture,  # noqa: E402, F401 (fixtures)
+    fill,
+    flat,
+    manager,
+    tiny_state,
+    values,
+)
 
 
 def test_async_snapshot_survives_in_place_updates(ckdir, monkeypatch):

@@ -2,10 +2,11 @@
 package imports without TensorFlow and without an import circle."""
 
 import pytest
+from model_forms import run_python
+
+from train.cli import eval_main, export_main
 
 from conftest import run_module
-from model_forms import run_python
-from train.cli import eval_main, export_main
 
 
 def test_help_exits_0(capsys):

@@ -7,12 +7,18 @@ import os
 import re
 
 import pytest
+from model_forms import (
+    ALL_FILES,
+    NUM_TEST,
+    NUM_TRAIN,
+    assert_usage_error,
+    eval_json,
+    listing,
+    run_python,
+)
 
-from model_forms import ALL_FILES, NUM_TEST, NUM_TRAIN, assert_usage_error, eval_json, listing
-from model_forms import run_python
-from train import export
+from train import data, export
 from train.cli import eval_main, saved_run
-from train import data
 
 pytest_plugins = ["model_forms"]  # the fixtures bad_files, workdir, exported_run, empty_run
 

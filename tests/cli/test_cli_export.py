@@ -5,8 +5,8 @@ import os
 import re
 
 import pytest
-
 from model_forms import assert_usage_error, eval_json, listing
+
 from train.cli import export_main
 
 pytest_plugins = ["model_forms"]  # the fixtures bad_files, workdir

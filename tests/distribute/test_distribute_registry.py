@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from conftest import REPO, harness_env
 from train import distribute
 from train.distribute import base, registry
 from train.errors import UsageError
+
+from conftest import REPO, harness_env
 
 PACKAGE = pathlib.Path(REPO, "train", "distribute")
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 import tensorflow as tf
-
 from model_forms import CLASSES, SHAPE
+
 from train import export
 
 pytest_plugins = ["model_forms"]  # the fixtures trained

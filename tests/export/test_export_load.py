@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from model_forms import CLASSES, SHAPE, TIGHT
+
 from train import export, models
 from train.checkpoint import manager as checkpoint
 from train.errors import UsageError

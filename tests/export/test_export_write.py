@@ -9,8 +9,8 @@ import h5py
 import keras
 import numpy as np
 import pytest
-
 from model_forms import ALL_FILES, CLASSES, SHAPE, TIGHT, listing, run_python, sha
+
 from train import durable, export, models
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import harness_env, run_module
 from launch import plan
+
+from conftest import harness_env, run_module
 
 PYTHON = sys.executable
 

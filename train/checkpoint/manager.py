@@ -53,9 +53,16 @@ from train import durable
 from train.checkpoint import files
 from train.checkpoint.background import BackgroundWriter
 from train.checkpoint.faults import crash_if, fault_phase
-from train.checkpoint.manifest import (FORMAT_VERSION, check_files, check_fit, intact_steps,
-                                       load_manifest, needs_tensor_check, read_manifests,
-                                       seal_checkpoint)
+from train.checkpoint.manifest import (
+    FORMAT_VERSION,
+    check_files,
+    check_fit,
+    intact_steps,
+    load_manifest,
+    needs_tensor_check,
+    read_manifests,
+    seal_checkpoint,
+)
 from train.checkpoint.retention import apply_retention, kept_forever
 from train.checkpoint.state import as_step, describe_state, json_copy
 from train.checkpoint.tensors import check_tensors, make_reader, make_writer, read_state

@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from train.config import DEFAULT_DATASET  # noqa: F401  (part of this module's API)
 from train.data import builtin as builtin_datasets  # importing registers shapes10 with TFDS
 from train.data import split_cache
-from train.config import DEFAULT_DATASET  # noqa: F401  (part of this module's API)
 from train.errors import UsageError, first_line
 
 SYNTHETIC = "synthetic"

@@ -33,10 +33,24 @@ wrong file type before it loads a model or a dataset.
 """
 
 from train.export.evaluation import evaluate, io_spec, make_predict_fn
-from train.export.formats import (ARTIFACTS, FORMATS, KERAS_FILE, META_FILE,
-                                  SAVED_MODEL_DIR, SERVING_SIGNATURE, WEIGHTS_FILE)
-from train.export.load import (check_kind, dtype_policy_scope, kind_of, load_keras_model,
-                               load_saved_model, load_weights_model, read_export_meta)
+from train.export.formats import (
+                                  ARTIFACTS,
+                                  FORMATS,
+                                  KERAS_FILE,
+                                  META_FILE,
+                                  SAVED_MODEL_DIR,
+                                  SERVING_SIGNATURE,
+                                  WEIGHTS_FILE,
+)
+from train.export.load import (
+                                  check_kind,
+                                  dtype_policy_scope,
+                                  kind_of,
+                                  load_keras_model,
+                                  load_saved_model,
+                                  load_weights_model,
+                                  read_export_meta,
+)
 from train.export.write import export_model
 
 __all__ = [

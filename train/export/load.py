@@ -12,8 +12,7 @@ import warnings
 import zipfile
 
 from train.errors import UsageError, first_line
-from train.export.formats import (ARTIFACTS, KERAS_FILE, META_FILE, SERVING_SIGNATURE,
-                                  WEIGHTS_FILE)
+from train.export.formats import ARTIFACTS, KERAS_FILE, META_FILE, SERVING_SIGNATURE, WEIGHTS_FILE
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 

@@ -11,8 +11,7 @@ import os
 
 from train import durable
 from train.errors import UsageError
-from train.export.formats import (FORMATS, KERAS_FILE, META_FILE, SAVED_MODEL_DIR,
-                                  WEIGHTS_FILE)
+from train.export.formats import FORMATS, KERAS_FILE, META_FILE, SAVED_MODEL_DIR, WEIGHTS_FILE
 
 LOSS = "sparse_categorical_crossentropy"
 

@@ -31,7 +31,9 @@ class Schedule:
     eval_every: int  # 0: only at the end
 
     def steps_until_boundary(self, step):
-        intervals = [self.log_every, self.checkpoint_every] + ([self.eval_every] if self.eval_every else [])
+        intervals = [self.log_every, self.checkpoint_every]
+        if self.eval_every:
+            intervals.append(self.eval_every)
         to_boundary = min(every - step % every for every in intervals)
         return int(min(self.steps_per_call, to_boundary, self.total_steps - step))
 

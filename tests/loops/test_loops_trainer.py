@@ -4,10 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train import data
-from train import distribute
-from train.loops.trainer import Trainer
+from train import data, distribute
 from train.loops.preemption import PreemptionWatcher
+from train.loops.trainer import Trainer
 
 TINY = data.DatasetInfo("synthetic", (32, 32, 3), 10, num_train=100, num_test=30)
 

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import run
-from train import distribute
+from train import distribute, run
 from train.checkpoint.manager import CheckpointManager
-from train.loops.controller import Controller, Schedule
 from train.errors import Preempted
+from train.loops.controller import Controller, Schedule
+from train.loops.preemption import PreemptionWatcher
 from train.loops.trainer import STOP, Trainer
 from train.monitor import Monitor
-from train.loops.preemption import PreemptionWatcher
 
 
 class Hook(keras.layers.Layer):
@@ -240,7 +239,10 @@ def dropout_trainer(watcher):
 def test_dropout_masks_and_adam_slots_continue_exactly_after_a_restore(tmp_path):
     watcher = PreemptionWatcher(signal_names=())
     batch = (tf.random.stateless_uniform([8, 4], seed=[1, 2]), tf.range(8, dtype=tf.int32) % 3)
-    batches = lambda: iter(tf.data.Dataset.from_tensors(batch).repeat())
+
+    def batches():
+        return iter(tf.data.Dataset.from_tensors(batch).repeat())
+
     trainer, state = dropout_trainer(watcher)
     iterator = batches()
     trainer.train(iterator, 6)
