@@ -33,6 +33,19 @@ def data_dir(tmp_path_factory):
     return str(path)
 
 
+def prepare_small_shapes10(path, *, num_train, num_test):
+    """A shapes10 of num_train/num_test examples prepared in `path` through
+    data.dataset_info (the auto-prepare path); returns path."""
+    from train import data
+    from train.data.builtin import shapes10
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(shapes10, "NUM_TRAIN", num_train)
+        monkeypatch.setattr(shapes10, "NUM_TEST", num_test)
+        data.dataset_info("shapes10", path)
+    return path
+
+
 def harness_env(**extra):
     env = {**os.environ, **QUIET_ENV, **extra}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")

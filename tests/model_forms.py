@@ -22,9 +22,8 @@ from train import data, export, models, optimizers
 from train.checkpoint import manager as checkpoint
 from train.cli import eval_main, export_main
 from train.config import TrainConfig
-from train.data.builtin import shapes10
 
-from conftest import REPO
+from conftest import REPO, prepare_small_shapes10
 
 SHAPE, CLASSES = (18, 18, 3), 4  # the smallest input the seed CNN takes is 18x18
 NUM_TRAIN, NUM_TEST = 128, 300  # a small shapes10 for the command-line tests
@@ -118,12 +117,8 @@ def bad_files(tmp_path_factory, trained):
 @pytest.fixture(scope="module")
 def small_data_dir(tmp_path_factory):
     """A small shapes10 (32x32x3, 10 classes) prepared through data.dataset_info."""
-    path = str(tmp_path_factory.mktemp("tfds"))
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(shapes10, "NUM_TRAIN", NUM_TRAIN)
-        monkeypatch.setattr(shapes10, "NUM_TEST", NUM_TEST)
-        data.dataset_info("shapes10", path)
-    return path
+    return prepare_small_shapes10(str(tmp_path_factory.mktemp("tfds")),
+                                  num_train=NUM_TRAIN, num_test=NUM_TEST)
 
 
 @pytest.fixture(scope="module")

@@ -42,27 +42,21 @@ def _temporary_name(directory, name):
 
 def write_file(directory, name, write):
     """write(tmp_path), fsync, then rename over directory/name."""
-    final = os.path.join(directory, name)
-    tmp = _temporary_name(directory, name)
-    try:
-        write(tmp)
-        fsync(tmp)
-        _commit_file(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-    fsync(directory)
-    return final
+    return _write_then_commit(directory, name, write, fsync, _commit_file)
 
 
 def write_dir(directory, name, write):
     """write(tmp_dir), fsync its files, then swap it in for directory/name."""
+    return _write_then_commit(directory, name, write, fsync_tree, _commit_dir)
+
+
+def _write_then_commit(directory, name, write, sync, commit):
     final = os.path.join(directory, name)
     tmp = _temporary_name(directory, name)
     try:
         write(tmp)
-        fsync_tree(tmp)
-        _commit_dir(tmp, final)
+        sync(tmp)
+        commit(tmp, final)
     except BaseException:
         _remove(tmp)
         raise

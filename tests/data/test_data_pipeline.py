@@ -7,8 +7,9 @@ import tensorflow as tf
 
 from train import data
 from train.data import order, sources
-from train.data.builtin import shapes10
 from train.errors import UsageError
+
+from conftest import prepare_small_shapes10
 
 # A tiny stand-in with CIFAR shape: synthetic examples are computed from their index, so
 # the stream logic can be checked on real tensors without any files.
@@ -19,12 +20,8 @@ SMALL_TRAIN, SMALL_TEST = 200, 70
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     """A small shapes10 prepared through data.dataset_info (the auto-prepare path)."""
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(shapes10, "NUM_TRAIN", SMALL_TRAIN)
-        monkeypatch.setattr(shapes10, "NUM_TEST", SMALL_TEST)
-        data.dataset_info("shapes10", data_dir)
-    return data_dir
+    return prepare_small_shapes10(str(tmp_path_factory.mktemp("tfds")),
+                                  num_train=SMALL_TRAIN, num_test=SMALL_TEST)
 
 
 def _batches(info, data_dir, count, **kwargs):
