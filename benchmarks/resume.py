@@ -3,7 +3,7 @@
 One trial: run `python -m train` on a fresh workdir (checkpoint every C steps); once it
 has logged step C + C/2 (so a kill -9 loses work), send SIGTERM (the harness saves and
 exits 42) or SIGKILL; then run the same command again and read its `resume` row from
-metrics.jsonl (train.run.resume_reporter): time_to_resume_s = process start to the
+metrics.jsonl (train.resume.resume_reporter): time_to_resume_s = process start to the
 first step after the restore; steps_lost = steps logged after the restored checkpoint
 (0 after a preemption). The second run is killed right after that row: the rest of
 the run is not what is measured. SIGTERM and kill -9 trials alternate (with --quick

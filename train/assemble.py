@@ -64,7 +64,8 @@ def assemble(config, *, backend, watcher, with_checkpoints=True, record_indices=
         manager = checkpoint.CheckpointManager(
             directory=workdir.checkpoint_dir(config.workdir),
             state=checkpoint_state(model, optimizer, trainer.step), is_chief=backend.is_chief,
-            meta={**identity, "batch_size": config.batch_size, "seed": config.seed},
+            meta={**identity, "batch_size": config.batch_size, "seed": config.seed,
+                  "num_workers": backend.num_workers, "num_replicas": backend.num_replicas},
             options=checkpoint.CheckpointOptions(keep=config.keep,
                                                  keep_every_hours=config.keep_every_hours,
                                                  async_save=config.async_checkpoint))

@@ -26,7 +26,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 def build(config, *, num_workers=1):
     """Optimizer named by config.optimizer; loss-scaled under mixed_float16. The peak
     rate is config.learning_rate, times num_workers (the world size) under --scale-lr."""
-    peak = config.learning_rate * (num_workers if config.scale_lr else 1)
+    peak = peak_rate(config, num_workers)
     rate = LinearWarmup(peak, config.warmup_steps) if config.warmup_steps else peak
     makers = {
         "adam": lambda: keras.optimizers.Adam(rate),
@@ -41,6 +41,24 @@ def build(config, *, num_workers=1):
         # scaled gradients overflow are skipped and the scale halves.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def peak_rate(config, num_workers):
+    return config.learning_rate * (num_workers if config.scale_lr else 1)
+
+
+def adopt_configured_rate(optimizer, config, *, num_workers):
+    """Set a restored constant rate to what this run's config and world size give (a
+    checkpoint holds the rate variable of the run that wrote it); (old, new) if it moved.
+    A schedule (--warmup-steps) is rebuilt from the config, so it needs nothing."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if isinstance(inner._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return None
+    old, new = float(np.asarray(inner.learning_rate)), peak_rate(config, num_workers)
+    if np.float32(old) == np.float32(new):
+        return None
+    inner._learning_rate.assign(new)
+    return float(np.format_float_positional(np.float32(old))), new  # 0.01, not 0.0099999998
 
 
 def learning_rate_at(optimizer, step):

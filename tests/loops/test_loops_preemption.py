@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import distribute, run
+from train import distribute, resume
 from train.checkpoint.manager import CheckpointManager
 from train.errors import Preempted
 from train.loops.controller import Controller, Schedule
@@ -266,7 +266,7 @@ def write_rows(path, *rows):
 
 def resume_row(workdir, restored):
     recorder = Recorder()
-    report = run.resume_reporter(recorder, str(workdir), restored)
+    report = resume.resume_reporter(recorder, str(workdir), restored)
     if report is None:
         return None
     report()
@@ -318,7 +318,7 @@ def test_a_process_killed_before_its_first_step_leaves_no_rows_to_hide_earlier_l
     for killed_before_its_first_step in (True, False):
         monitor = Monitor(workdir=str(tmp_path), is_chief=True, total_steps=100,
                           stream=io.StringIO())
-        write_first_step_rows = run.first_step_rows(monitor, str(tmp_path), 12, 12)
+        write_first_step_rows = resume.first_step_rows(monitor, str(tmp_path), 12, 12)
         if not killed_before_its_first_step:
             write_first_step_rows()
         monitor.close()
