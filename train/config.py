@@ -10,6 +10,7 @@ too. Errors are `UsageError`s whose one-line message names the flag.
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 from typing import Optional
@@ -216,6 +217,8 @@ def _positive(config, name, allow_zero=False, allow_none=False):
         if allow_none:
             return
         raise UsageError(f"{flag} is required")
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         need = "zero or more" if allow_zero else "positive"
         raise UsageError(f"{flag} must be {need}, got {value}")
