@@ -8,6 +8,7 @@ Exit codes (a contract users and launchers rely on):
 """
 
 import argparse
+import contextlib
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -35,6 +36,24 @@ class CheckpointWriteError(HarnessError):
     """A save failed (disk full, permission denied, ...): exit 1, earlier checkpoints intact."""
 
     exit_code = EXIT_FAILURE
+
+
+class OutputWriteError(HarnessError):
+    """A run's output (metrics.jsonl, TensorBoard events, an export) could not be written,
+    e.g. disk full: exit 1, one line. Checkpoints are not touched by it (their own write
+    failures are CheckpointWriteError); a rerun once the cause is gone carries on."""
+
+    exit_code = EXIT_FAILURE
+
+
+@contextlib.contextmanager
+def writing(what, *also):
+    """Turn an OSError (or one of the exception classes `also`, e.g. TensorFlow's
+    OpError) raised while writing `what` into one OutputWriteError line."""
+    try:
+        yield
+    except (OSError, *also) as e:
+        raise OutputWriteError(f"cannot write {what}: {first_line(e)}") from None
 
 
 class Preempted(HarnessError):

@@ -18,6 +18,7 @@ import psutil
 import tensorflow as tf
 
 from train import workdir as workdir_lib
+from train.errors import writing
 
 HEADER = (f"{'step':>14}  {'epoch':>6}  {'loss':>8}  {'acc':>6}  {'lr':>9}  "
           f"{'img/s':>9}  {'steps/s':>8}  {'rss':>8}  {'cpu%':>5}  {'eta':>8}")
@@ -43,20 +44,26 @@ class Monitor:
         self._summary = None
         self._printed_header = False
         if is_chief:
-            os.makedirs(workdir, exist_ok=True)
-            self._file = open(workdir_lib.metrics_path(workdir), "a", encoding="utf-8")
-            self._summary = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(workdir))
+            self._metrics_path = workdir_lib.metrics_path(workdir)
+            self._events_dir = workdir_lib.tensorboard_dir(workdir)
+            with writing(self._metrics_path):
+                os.makedirs(workdir, exist_ok=True)
+                self._file = open(self._metrics_path, "a", encoding="utf-8")
+            with writing(self._events_dir, tf.errors.OpError):
+                self._summary = tf.summary.create_file_writer(self._events_dir)
 
     def write(self, row):
         """Append one JSON row (chief only) and mirror scalars into TensorBoard."""
         row = {"wall_time": time.time(), **row}
         if self._file is None:
             return
-        self._file.write(json.dumps(row, sort_keys=False) + "\n")
-        self._file.flush()
+        with writing(self._metrics_path):
+            self._file.write(json.dumps(row, sort_keys=False) + "\n")
+            self._file.flush()
         step = row.get("step")
         if self._summary is not None and step is not None:
-            with self._summary.as_default(step=int(step)):
+            with writing(self._events_dir, tf.errors.OpError), \
+                    self._summary.as_default(step=int(step)):
                 for key, value in row.items():
                     if key in ("step", "wall_time", "event"):
                         continue
@@ -99,12 +106,13 @@ class Monitor:
         print(text, file=self.stream, flush=True)
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._summary is not None:
-            self._summary.close()
-            self._summary = None
+        file, summary, self._file, self._summary = self._file, self._summary, None, None
+        if file is not None:
+            with writing(self._metrics_path):
+                file.close()
+        if summary is not None:
+            with writing(self._events_dir, tf.errors.OpError):
+                summary.close()
 
 
 def variables_digest(variables):

@@ -10,7 +10,7 @@ import json
 import os
 
 from train import durable
-from train.errors import UsageError
+from train.errors import UsageError, writing
 from train.export.formats import FORMATS, KERAS_FILE, META_FILE, SAVED_MODEL_DIR, WEIGHTS_FILE
 
 LOSS = "sparse_categorical_crossentropy"
@@ -25,7 +25,14 @@ def export_model(model, optimizer, directory, *, formats=FORMATS, meta=None):
     reloads ready to `evaluate` or continue training. Works for a model built and trained
     under a tf.distribute strategy; call it from the chief only, outside `strategy.run`.
     """
+    import tensorflow as tf
+
     formats = _check_formats(formats)
+    with writing(directory, tf.errors.OpError):  # disk full, not a directory: one line
+        return _export(model, optimizer, directory, formats, meta)
+
+
+def _export(model, optimizer, directory, formats, meta):
     os.makedirs(directory, exist_ok=True)
     durable.remove_stale_temporaries(directory)
     model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"])
