@@ -12,6 +12,7 @@ import pytest
 from model_forms import ALL_FILES, CLASSES, SHAPE, TIGHT, listing, run_python, sha
 
 from train import durable, export, models
+from train.errors import OutputWriteError
 
 
 def test_weights_file_holds_weights_only_and_export_json_says_how_to_rebuild(trained):
@@ -82,8 +83,9 @@ def test_crash_while_writing_leaves_no_torn_file(trained, tmp_path, monkeypatch)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(model, "save", torn_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputWriteError, match="No space left") as error:
         export.export_model(model, optimizer, out, formats=["keras"])
+    assert str(error.value).startswith(f"cannot write {out}: ") and error.value.exit_code == 1
     assert listing(out) == ["export.json", "model.keras"]
     assert sha(os.path.join(out, "model.keras")) == before
 
