@@ -33,6 +33,8 @@ def _run(config, watcher):
     parts = assemble.assemble(config, backend=backend, watcher=watcher,
                               record_indices=os.environ.get(RECORD_INDICES_ENV) or None)
     restored, changes = restore(parts)
+    if backend.preempted_during_startup():
+        watcher.request("SIGTERM during start-up")  # every worker sees it: one stop step
     if backend.is_chief:
         workdir_lib.write_config(config.workdir, config, parts.identity, total_steps=parts.steps,
                              num_workers=backend.num_workers)

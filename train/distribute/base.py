@@ -129,6 +129,11 @@ class Backend:
     def broadcast_variables(self, variables):
         """Make every worker start from the chief's values (tf.distribute does it at creation)."""
 
+    def preempted_during_startup(self):
+        """Whether a preemption signal reached a process of this run while a library's
+        own handler held the signal (only MultiWorkerMirroredStrategy's start does)."""
+        return False
+
     def barrier(self, name):
         """Return when every worker has arrived here (one process: at once)."""
 

@@ -40,9 +40,28 @@ class MirroredBackend(_StrategyBackend):
     name = "mirrored"
 
 
+PREEMPTION_NOTICE_KEY = "TF_DEFAULT_PREEMPTION_NOTICE_KEY"  # TF's own (preemption_watcher.py)
+NOTICE_WAIT_MS = 50
+
+
 class MultiWorkerBackend(_StrategyBackend):
     name = "multiworker"
     barrier_timeout_s = 3600  # the chief may be exporting a large model meanwhile
+
+    def preempted_during_startup(self):
+        # Starting the strategy installs TensorFlow's C-level SIGTERM notifier, which keeps
+        # the signal from train.loops.preemption until train.run installs it again; what
+        # the notifier does with it is to publish, asynchronously, this key in the
+        # coordination service, for every task to read. Asked after the set-up (seconds
+        # later), so a notice published by then is seen; a short wait when there is none.
+        from tensorflow.python.eager import context
+
+        try:
+            context.context().get_config_key_value(PREEMPTION_NOTICE_KEY,
+                                                   timeout_in_ms=NOTICE_WAIT_MS)
+        except tf.errors.DeadlineExceededError:
+            return False
+        return True
 
     def barrier(self, name):
         # The coordination service's barrier: no collective, so it cannot be confused with

@@ -22,8 +22,10 @@ Invariants (train.loops.trainer and train.loops.controller rely on them):
 * Lifetime. train.run installs the watcher first, before the backend, the model and the
   restore, and installs it again right after the backend is made: starting
   MultiWorkerMirroredStrategy puts a C-level SIGTERM handler of TensorFlow's coordination
-  service in place (a SIGTERM during that start is swallowed by it; a launcher's SIGKILL
-  after its stop timeout then ends the process, as safe as any kill -9). `flag` is made later
+  service in place. A SIGTERM during that start goes to it, not here; it publishes a
+  preemption notice in the coordination service, which train.run reads at the end of its
+  set-up (Backend.preempted_during_startup) and turns into request(): every worker then
+  stops after the first step, saves, exits 42, as for any signal. `flag` is made later
   (when the trainer asks for it), already set if a signal came before. So a signal
   during set-up ends the run after its first step, with a save and exit 42 like any
   other. Before install (interpreter and TensorFlow imports, a few seconds) a signal
