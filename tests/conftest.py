@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 # Helpers and fixtures of tests/export and tests/cli (their asserts rewritten as a test's).
-pytest.register_assert_rewrite("model_forms")
+pytest.register_assert_rewrite("model_forms", "checkpoint_helpers")
 
 
 def pytest_configure(config):

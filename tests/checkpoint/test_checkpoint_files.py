@@ -6,7 +6,7 @@ import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
-from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
+from checkpoint_helpers import (  # noqa: E402
     assert_values,
     fill,
     manager,
@@ -17,6 +17,8 @@ from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
 )
 
 from train.errors import CheckpointError  # noqa: E402
+
+pytest_plugins = ["checkpoint_helpers"]  # the fixtures ckdir, two_saved
 
 
 def test_training_goes_on_through_the_step_of_a_damaged_checkpoint(ckdir, two_saved):

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
+from checkpoint_helpers import (  # noqa: E402
     assert_values,
     fill,
     flip_data_bytes,
@@ -24,6 +24,8 @@ from train import models  # noqa: E402
 from train.checkpoint import faults  # noqa: E402
 from train.checkpoint.manager import CheckpointManager, CheckpointOptions  # noqa: E402
 from train.errors import CheckpointError, CheckpointWriteError, UsageError  # noqa: E402
+
+pytest_plugins = ["checkpoint_helpers"]  # the fixtures ckdir, two_saved
 
 
 def test_cnn_adam_round_trip_into_fresh_model(ckdir):

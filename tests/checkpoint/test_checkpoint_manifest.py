@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
-from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
+from checkpoint_helpers import (  # noqa: E402
     C1,
     C2,
     assert_values,
@@ -20,6 +20,8 @@ from checkpoint_helpers import (  # noqa: E402  # noqa: E402, F401 (fixtures)
 from train.checkpoint import files as cf  # noqa: E402
 from train.checkpoint import manifest as cm  # noqa: E402
 from train.errors import CheckpointError  # noqa: E402
+
+pytest_plugins = ["checkpoint_helpers"]  # the fixtures ckdir, two_saved
 
 
 @pytest.mark.parametrize("damage,expected,named", [
