@@ -21,9 +21,14 @@ def nonfinite_names(names, values):
     bad = []
     for name, value in zip(names, values, strict=True):
         dtype = tf.as_dtype(value.dtype)
-        if dtype.is_floating and not np.isfinite(np.asarray(value)).all():
+        if dtype.is_floating and not np.isfinite(_host(value)).all():
             bad.append(name)
     return bad
+
+
+def _host(value):
+    to_numpy = getattr(value, "numpy", None)  # tensors, tf and Keras variables
+    return to_numpy() if to_numpy is not None else np.asarray(value)
 
 
 def describe(bad):

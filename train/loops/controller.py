@@ -24,8 +24,16 @@ import numpy as np
 
 from train.errors import NonFiniteError, Preempted
 from train.loops import nonfinite
-from train.loops.trainer import (COLUMNS, CORRECT, COUNT, LOSS_SUM, NONFINITE, NONFINITE_LOSS,
-                                 STOP, Throughput)
+from train.loops.trainer import (
+    COLUMNS,
+    CORRECT,
+    COUNT,
+    LOSS_SUM,
+    NONFINITE,
+    NONFINITE_LOSS,
+    STOP,
+    Throughput,
+)
 
 
 @dataclasses.dataclass(frozen=True)
