@@ -129,7 +129,7 @@ class Controller:
         saved = self._last_saved if self._last_saved is not None else self._restored
         self.monitor.event("nonfinite", step=step, what=what, consecutive=limit)
         raise NonFiniteError(
-            f"non-finite {what} at {where}; stopped without applying it or saving; "
+            f"non-finite {what} at {where}; not applied; stopped without saving; "
             f"latest checkpoint: {'none' if saved is None else f'step {saved}'}")
 
     def _log(self, step):
