@@ -58,7 +58,8 @@ def assemble(config, *, backend, watcher, with_checkpoints=True, record_indices=
     trainer = Trainer(backend=backend, model=model, optimizer=optimizer,
                       global_batch_size=config.batch_size, stop_flag=watcher.flag,
                       augment=config.augment, jit_compile=config.jit_compile,
-                      record_indices=record_indices)
+                      record_indices=record_indices,
+                      nonfinite_limit=nonfinite_limit(config))
     manager = None
     if with_checkpoints:
         manager = checkpoint.CheckpointManager(
@@ -71,6 +72,11 @@ def assemble(config, *, backend, watcher, with_checkpoints=True, record_indices=
                                                  async_save=config.async_checkpoint))
     return RunParts(config=config, backend=backend, info=info, steps=steps, identity=identity,
                     trainer=trainer, checkpoints=manager, watcher=watcher)
+
+
+def nonfinite_limit(config):
+    """Consecutive non-finite steps that end a run (train.loops.nonfinite)."""
+    return config.max_nonfinite_skips if config.on_nonfinite == "skip" else 1
 
 
 def check_inputs(config, backend):

@@ -21,6 +21,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
 PRECISIONS = ("auto", "fp32", "mixed_float16", "mixed_bfloat16")
 DEFAULT_DATASET = "shapes10"  # built locally: the default needs no download
+NONFINITE_POLICIES = ("stop", "skip")  # train.loops.nonfinite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,8 @@ class TrainConfig:
     init_from: Optional[str] = None
     preemption_signals: tuple = ("SIGTERM", "SIGUSR1")
     export: bool = True
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 10
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -96,6 +99,11 @@ HELP = {
     "init_from": "start a new run from a whole-model file (model.keras): weights and optimizer",
     "preemption_signals": "comma-separated signals that request a save and exit 42",
     "export": "write export/ (model.keras, model.weights.h5, saved_model/) at the end",
+    "on_nonfinite": "a step whose loss or gradients are NaN/Inf is never applied; stop: "
+                    "end the run there with exit 1 (no save: the last good checkpoint stays "
+                    "latest); skip: drop that step's update, count it, go on",
+    "max_nonfinite_skips": "--on-nonfinite skip: stop as 'stop' after this many "
+                           "consecutive non-finite steps",
 }
 
 
@@ -235,14 +243,15 @@ def validate(config):
     for name in ("steps", "epochs", "replicas", "keep_every_hours"):
         _positive(config, name, allow_none=True)
     for name in ("batch_size", "learning_rate", "steps_per_call", "checkpoint_every", "keep",
-                 "log_every"):
+                 "log_every", "max_nonfinite_skips"):
         _positive(config, name)
     for name in ("eval_every", "warmup_steps", "seed"):
         _positive(config, name, allow_zero=True)
     for name, choices in (("strategy", STRATEGIES), ("optimizer", OPTIMIZERS),
-                          ("precision", PRECISIONS)):
+                          ("precision", PRECISIONS), ("on_nonfinite", NONFINITE_POLICIES)):
         if getattr(config, name) not in choices:
-            raise UsageError(f"--{name}: unknown {name} {getattr(config, name)!r}; "
+            raise UsageError(f"--{name.replace('_', '-')}: unknown {name.replace('_', ' ')} "
+                             f"{getattr(config, name)!r}; "
                              f"choose one of: {', '.join(choices)}")
     if config.model not in models.MODELS:
         raise UsageError(f"--model: unknown model {config.model!r}; "

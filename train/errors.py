@@ -46,6 +46,13 @@ class OutputWriteError(HarnessError):
     exit_code = EXIT_FAILURE
 
 
+class NonFiniteError(HarnessError):
+    """A step's loss or gradients, or variables about to be written, are NaN or Inf: exit 1,
+    nothing written from them (train.loops.nonfinite, train.checkpoint.finite)."""
+
+    exit_code = EXIT_FAILURE
+
+
 @contextlib.contextmanager
 def writing(what, *also):
     """Turn an OSError (or one of the exception classes `also`, e.g. TensorFlow's

@@ -75,17 +75,19 @@ class Monitor:
                 "cpu_percent": self.process.cpu_percent(None)}
 
     def log_train(self, *, step, epoch, loss, accuracy, learning_rate, images_per_sec,
-                  steps_per_sec):
+                  steps_per_sec, nonfinite=0):
         row = {"step": step, "epoch": epoch, "loss": loss, "accuracy": accuracy,
                "learning_rate": learning_rate, "images_per_sec": images_per_sec,
                "steps_per_sec": steps_per_sec, **self.resources()}
+        if nonfinite:  # steps of the interval skipped as non-finite (train.loops.nonfinite)
+            row["nonfinite"] = nonfinite
         self.write(row)
         eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else None
         self.print_line(
             f"{step:>7d}/{self.total_steps:<6d}  {epoch:6.2f}  {loss:8.4f}  {accuracy:6.4f}  "
             f"{learning_rate:9.3g}  {images_per_sec:9.1f}  {steps_per_sec:8.2f}  "
-            f"{row['rss_bytes'] / 2**20:6.0f}MB  {row['cpu_percent']:5.0f}  {_format_eta(eta):>8}",
-            header=True)
+            f"{row['rss_bytes'] / 2**20:6.0f}MB  {row['cpu_percent']:5.0f}  {_format_eta(eta):>8}"
+            + (f"  nonfinite={nonfinite}" if nonfinite else ""), header=True)
         return row
 
     def log_eval(self, *, step, loss, accuracy, examples):

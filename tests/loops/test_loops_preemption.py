@@ -21,7 +21,7 @@ from train.checkpoint.manager import CheckpointManager
 from train.errors import Preempted
 from train.loops.controller import Controller, Schedule
 from train.loops.preemption import PreemptionWatcher
-from train.loops.trainer import STOP, Trainer
+from train.loops.trainer import COLUMNS, STOP, Trainer
 from train.monitor import Monitor
 
 
@@ -163,7 +163,7 @@ class PeerBackend(distribute.Backend):
 
     def reduce_sum(self, per_replica):
         with tf.control_dependencies([per_replica]):  # the peer too reads after its update
-            return per_replica + tf.stack([0.0, 0.0, 0.0, self.peer_flag.read_value()])
+            return per_replica + tf.one_hot(STOP, COLUMNS) * self.peer_flag.read_value()
 
 
 class Recorder:

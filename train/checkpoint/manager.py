@@ -50,7 +50,7 @@ import time
 import tensorflow as tf
 
 from train import durable
-from train.checkpoint import files
+from train.checkpoint import files, finite
 from train.checkpoint.background import BackgroundWriter
 from train.checkpoint.faults import crash_if, fault_phase
 from train.checkpoint.manifest import (
@@ -133,6 +133,8 @@ class CheckpointManager:
             return
         job = _Job(step=step, time=self._clock(), values=self._read_all(),
                    fault=fault_phase())
+        finite.refuse_nonfinite(f"checkpoint save at step {step}",  # every worker alike
+                                finite.state_names(self._names), job.values)
         self._last_step = step
         if not self.is_chief:
             return
@@ -287,6 +289,7 @@ class CheckpointManager:
         prefix = os.path.join(path, files.STATE_PREFIX)
         if into is not None:
             read_state(into, prefix)
+            finite.check_restored(name, finite.state_names(self._names), self._read_all())
         elif needs_tensor_check(manifest):
             check_tensors(prefix)
         return manifest

@@ -122,6 +122,18 @@ class Backend:
         """Replica context. tf.distribute optimizers already sum across replicas."""
         return grads
 
+    # True where reduce_gradients sums over every replica before the update, so that
+    # a flag folded into the gradients reaches every replica (train.loops.nonfinite).
+    gradients_summed_in_step = False
+
+    def agree_any(self, flag):
+        """Replica context: true on every replica if `flag` (a scalar bool) is on any."""
+        if self.num_replicas == 1:
+            return flag
+        total = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32))
+        return total > 0
+
     def reduce_sum(self, per_replica):
         """Cross-replica context: the sum over every replica of every worker."""
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)

@@ -79,6 +79,15 @@ class HorovodBackend(base.Backend):
             out[i] = g
         return out
 
+    @property
+    def gradients_summed_in_step(self):
+        return self.num_workers > 1  # one grouped allreduce in reduce_gradients
+
+    def agree_any(self, flag):
+        if self.num_workers == 1:
+            return flag
+        return self.hvd.allreduce(tf.cast(flag, tf.float32), op=self.hvd.Sum) > 0
+
     def reduce_sum(self, per_replica):
         """The sum over all ranks; also how every rank learns of a peer's preemption."""
         if self.num_workers == 1:

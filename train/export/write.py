@@ -27,7 +27,11 @@ def export_model(model, optimizer, directory, *, formats=FORMATS, meta=None):
     """
     import tensorflow as tf
 
+    from train.checkpoint import finite
+
     formats = _check_formats(formats)
+    state = model.variables + (optimizer.variables if optimizer is not None else [])
+    finite.refuse_nonfinite(f"export to {directory}", finite.variable_names(state), state)
     with writing(directory, tf.errors.OpError):  # disk full, not a directory: one line
         return _export(model, optimizer, directory, formats, meta)
 

@@ -11,6 +11,10 @@ to one (train.monitor.Monitor).
 Preemption: the run stops only on the STOP column of a call's sums, which every worker
 shares (train.loops.preemption, Agreement), and raises Preempted (exit 42) only after the save
 of the stop step has completed, background write included.
+
+Non-finite steps (train.loops.nonfinite): a call that left on too many in a row (one,
+under --on-nonfinite stop) raises NonFiniteError (exit 1) after its log row, with no save:
+the step was not applied, and the last checkpoint stays `latest`.
 """
 
 import dataclasses
@@ -18,8 +22,18 @@ import time
 
 import numpy as np
 
-from train.errors import Preempted
-from train.loops.trainer import CORRECT, COUNT, LOSS_SUM, STOP, Throughput
+from train.errors import NonFiniteError, Preempted
+from train.loops import nonfinite
+from train.loops.trainer import (
+    COLUMNS,
+    CORRECT,
+    COUNT,
+    LOSS_SUM,
+    NONFINITE,
+    NONFINITE_LOSS,
+    STOP,
+    Throughput,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +65,16 @@ class Controller:
         self.epoch_of = epoch_of
         self.learning_rate_of = learning_rate_of
         self.on_first_step = on_first_step  # called once, after the first compiled call
-        self._totals = np.zeros(4)
+        self._totals = np.zeros(COLUMNS)
         self._throughput = Throughput()
         self._last_saved = None
+        self._restored = None
         self._last_evaluated = None
 
     def run(self, start_step):
         schedule = self.schedule
         step = start_step
+        self._restored = start_step or None  # what `latest` names until we save
         self._throughput.reset(step)
         if step >= schedule.total_steps and self.on_first_step is not None:
             self.on_first_step()  # a finished run, rerun: the resume is all there is to do
@@ -78,8 +94,12 @@ class Controller:
                 self.on_first_step = None
             self._totals += sums
             preempted = sums[STOP] > 0  # not watcher.requested: see the module doc
-            if preempted or step % schedule.log_every == 0 or step == schedule.total_steps:
+            stopped = self.trainer.nonfinite_stopped()
+            if (preempted or stopped or step % schedule.log_every == 0
+                    or step == schedule.total_steps):
                 self._log(step)
+            if stopped:
+                self._stop_nonfinite(step, sums)
             if preempted:
                 self._preempt(step, returned)
             if step % schedule.checkpoint_every == 0:
@@ -101,16 +121,30 @@ class Controller:
                            **delay)
         raise Preempted(f"preempted at step {step}; checkpoint saved; rerun to resume")
 
+    def _stop_nonfinite(self, step, sums):
+        limit = self.trainer.nonfinite_limit
+        what = nonfinite.describe(sums[NONFINITE], sums[NONFINITE_LOSS])
+        where = (f"step {step}" if limit == 1 else
+                 f"{limit} consecutive steps up to step {step} (--max-nonfinite-skips {limit})")
+        saved = self._last_saved if self._last_saved is not None else self._restored
+        self.monitor.event("nonfinite", step=step, what=what, consecutive=limit)
+        raise NonFiniteError(
+            f"non-finite {what} at {where}; not applied; stopped without saving; "
+            f"latest checkpoint: {'none' if saved is None else f'step {saved}'}")
+
     def _log(self, step):
-        totals, self._totals = self._totals, np.zeros(4)
-        if totals[COUNT] == 0:
+        totals, self._totals = self._totals, np.zeros(COLUMNS)
+        skipped = int(round(totals[NONFINITE]))
+        if totals[COUNT] == 0 and not skipped:
             return
+        count = totals[COUNT] or float("nan")  # every step of the interval skipped: nan
         steps_per_sec, _ = self._throughput.rate(step)
         self._throughput.reset(step)
         self.monitor.log_train(
+            **({"nonfinite": skipped} if skipped else {}),
             step=step, epoch=self.epoch_of(step),
-            loss=float(totals[LOSS_SUM] / totals[COUNT]),
-            accuracy=float(totals[CORRECT] / totals[COUNT]),
+            loss=float(totals[LOSS_SUM] / count),
+            accuracy=float(totals[CORRECT] / count),
             learning_rate=self.learning_rate_of(step),
             images_per_sec=steps_per_sec * self.trainer.global_batch_size,
             steps_per_sec=steps_per_sec)

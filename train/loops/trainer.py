@@ -5,9 +5,12 @@ of replicas. `step` lives in a tf.Variable that is checkpointed with the model; 
 position is a pure function of it (train.data.order), so resuming needs nothing else.
 
 Each compiled call runs up to `steps_per_call` steps and returns the sums of
-[loss * examples, correct, examples, stop] over all replicas; `stop` is the preemption
-flag (train.loops.preemption), read after the step's optimizer update, so the call leaves after
-the step in which any worker saw a signal, and every worker leaves after the same step.
+[loss * examples, correct, examples, stop, nonfinite, nonfinite loss] over all replicas;
+`stop` is the preemption flag (train.loops.preemption), read after the step's optimizer
+update, so the call leaves after the step in which any worker saw a signal, and every
+worker leaves after the same step. `nonfinite` counts the steps whose loss or gradients
+were NaN/Inf (not applied, left out of the first three columns; train.loops.nonfinite),
+and the call leaves as soon as `nonfinite_limit` such steps came in a row.
 
 Test hook: with HARNESS_RECORD_INDICES=<file> in the environment, train.run asks the
 pipeline for the example indices of each batch too (train.data.pipeline, `with_indices`), and
@@ -23,8 +26,10 @@ import keras
 import tensorflow as tf
 
 from train import data
+from train.loops import nonfinite
 
-LOSS_SUM, CORRECT, COUNT, STOP = range(4)
+LOSS_SUM, CORRECT, COUNT, STOP, NONFINITE, NONFINITE_LOSS = range(6)
+COLUMNS = 6
 RECORD_INDICES_ENV = "HARNESS_RECORD_INDICES"
 
 
@@ -32,7 +37,7 @@ class Trainer:
     """Owns the compiled functions; knows nothing about files or schedules."""
 
     def __init__(self, *, backend, model, optimizer, global_batch_size, stop_flag,
-                 augment=False, jit_compile=False, record_indices=None):
+                 augment=False, jit_compile=False, record_indices=None, nonfinite_limit=1):
         self.backend = backend
         self.augment = augment  # batches carry augmentation codes: see _replica_train_step
         self.record_indices = record_indices  # a file path: see the test hook above
@@ -40,9 +45,17 @@ class Trainer:
         self.optimizer = optimizer
         self.global_batch_size = global_batch_size
         self.stop_flag = stop_flag
+        # Consecutive non-finite steps after which a call leaves (1: --on-nonfinite stop).
+        self.nonfinite_limit = int(nonfinite_limit)
+        # The LossScaleOptimizer skips overflowing gradients itself: only the loss is checked.
+        self.check_gradients = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         with backend.strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            # Not checkpointed: a resumed run starts a new count.
+            self.nonfinite_run = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="nonfinite_run",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         # A backend whose collectives have no XLA kernels (Horovod) runs its step unjitted.
         jit_compile = jit_compile and backend.collectives_in_xla
         # No autograph: the loop below is written as a tf.while_loop, everything else is
@@ -69,13 +82,19 @@ class Trainer:
                 loss += tf.add_n(model.losses) / self.backend.num_replicas
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
-        grads = self.backend.reduce_gradients(grads)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        grads, bad, loss_bad = nonfinite.step_flags(self.backend, loss, grads,
+                                                    check_gradients=self.check_gradients)
+        nonfinite.apply_unless(
+            bad, lambda g: optimizer.apply_gradients(zip(g, model.trainable_variables)), grads)
         # The flag is read after the update (reads of the updated variables come first), not
         # whenever the scheduler likes: a signal during this step then stops after it.
         with tf.control_dependencies([tf.identity(v) for v in model.trainable_variables]):
             stop = tf.identity(self.stop_flag.read_value())
-        return self._sums(per_example, probs, labels, stop=stop)
+        sums = self._sums(per_example, probs, labels, stop=stop)
+        share = 1.0 / self.backend.num_replicas  # the columns sum to 1 per step
+        flags = tf.stack([tf.cast(bad, tf.float32), tf.cast(loss_bad, tf.float32)]) * share
+        kept = tf.where(bad, tf.zeros([3]), sums[:3])  # metrics of applied steps only
+        return tf.concat([kept, sums[3:4], flags], axis=0)
 
     def _sums(self, per_example, probs, labels, weights=None, stop=0.0):
         correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32),
@@ -85,7 +104,7 @@ class Trainer:
         return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32) * weights),
                          tf.reduce_sum(correct * weights),
                          tf.reduce_sum(weights),
-                         tf.cast(stop, tf.float32)])
+                         tf.cast(stop, tf.float32), 0.0, 0.0])
 
     def _train_n_impl(self, iterator, n):
         def one_step(i, totals):
@@ -93,16 +112,26 @@ class Trainer:
             inputs = batch[:3] if self.augment else batch[:2]
             per_replica = self.backend.strategy.run(self._replica_step, args=inputs)
             sums = self.backend.reduce_sum(per_replica)
-            with tf.control_dependencies([self.step.assign_add(1)]):
+            run = tf.where(sums[NONFINITE] > 0.5, self.nonfinite_run + 1,
+                           tf.zeros([], tf.int64))
+            with tf.control_dependencies([self.step.assign_add(1),
+                                          self.nonfinite_run.assign(run)]):
                 if self.record_indices:
                     self._record(batch[-1])
                 return i + 1, totals + sums
 
         def more(i, totals):  # stop after the step in which any worker saw a signal
-            return tf.logical_and(i < n, totals[STOP] <= 0)
+            return tf.logical_and(
+                tf.logical_and(i < n, totals[STOP] <= 0),
+                self.nonfinite_run < self.nonfinite_limit)  # or after too many bad steps
 
-        _, totals = tf.while_loop(more, one_step, (tf.constant(0, n.dtype), tf.zeros([4])))
+        _, totals = tf.while_loop(more, one_step,
+                                  (tf.constant(0, n.dtype), tf.zeros([COLUMNS])))
         return totals
+
+    def nonfinite_stopped(self):
+        """True if the last call left because of `nonfinite_limit` bad steps in a row."""
+        return int(self.nonfinite_run.numpy()) >= self.nonfinite_limit
 
     def _record(self, indices):
         local = self.backend.strategy.experimental_local_results(indices)
