@@ -11,6 +11,7 @@ import time
 
 from train import assemble, optimizers
 from train import workdir as workdir_lib
+from train import workdir_lock
 from train.distribute import base as distribute
 from train.errors import UsageError
 from train.loops.preemption import PreemptionWatcher
@@ -34,8 +35,18 @@ def _run(config, watcher):
                                 fp16_allreduce=config.horovod_fp16_allreduce)
     watcher.install()  # again: the backend may have taken SIGTERM (train.loops.preemption)
     config = assemble.setup_numerics(config)
+    lock = workdir_lock.WorkdirLock(config.workdir) if backend.is_chief else None
+    try:
+        return _run_locked(config, backend, watcher, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(config, backend, watcher, lock):
     parts = assemble.assemble(config, backend=backend, watcher=watcher,
-                              record_indices=os.environ.get(RECORD_INDICES_ENV) or None)
+                              record_indices=os.environ.get(RECORD_INDICES_ENV) or None,
+                              claim_workdir=lock.acquire if lock is not None else None)
     restored = restore(parts)
     if backend.is_chief:
         workdir_lib.write_config(config.workdir, config, parts.identity, total_steps=parts.steps,
