@@ -50,7 +50,7 @@ def test_two_workers_end_identical_and_only_the_chief_wrote(uninterrupted):
     workdir, proc = uninterrupted
     found = digests(proc.stdout)
     assert set(found) == {0, 1} and found[0] == found[1] and found[0][0] == 30
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl",
+    assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config.json", "metrics.jsonl",
                                            "tensorboard"]
     names = os.listdir(workdir / "checkpoints")
     assert not [n for n in names if n.startswith(".tmp")]
