@@ -9,9 +9,8 @@ import json
 import os
 import time
 
-from train import assemble, optimizers
+from train import assemble, optimizers, workdir_lock
 from train import workdir as workdir_lib
-from train import workdir_lock
 from train.distribute import base as distribute
 from train.errors import UsageError
 from train.loops.preemption import PreemptionWatcher
