@@ -11,7 +11,9 @@
 
 train.run (harness-train), train.cli's eval and export (a saved run rebuilt from its
 config.json) and benchmarks/ all build through here, so they run the same thing. Nothing
-here writes to the workdir.
+here writes to the workdir before every input check has passed; then the chief takes
+the workdir's lock (claim_workdir, train.workdir_lock) before the checkpoint manager
+prepares its directory.
 """
 
 import dataclasses
@@ -49,10 +51,14 @@ def setup_numerics(config):
     return config
 
 
-def assemble(config, *, backend, watcher, with_checkpoints=True, record_indices=None):
+def assemble(config, *, backend, watcher, with_checkpoints=True, record_indices=None,
+             claim_workdir=None):
     """Every part of a run but the controller (which needs the restored step's data).
     `config` has been through setup_numerics. UsageError before anything is built."""
     info, steps, identity = check_inputs(config, backend)
+    if claim_workdir is not None:
+        claim_workdir()  # the chief's lock, before the manager's first write (mkdir, cleanup)
+        workdir.check_same_run(config.workdir, identity)  # again, now that we own it
     model, optimizer = build_state(config, identity, strategy=backend.strategy,
                                    num_workers=backend.num_workers)
     trainer = Trainer(backend=backend, model=model, optimizer=optimizer,

@@ -7,7 +7,7 @@ passed (flags, dataset, model/dataset of an existing workdir, its checkpoints).
 
 import os
 
-from train import assemble, distribute, optimizers, resume
+from train import assemble, distribute, optimizers, resume, workdir_lock
 from train import workdir as workdir_lib
 from train.loops.preemption import PreemptionWatcher
 from train.loops.trainer import RECORD_INDICES_ENV
@@ -30,8 +30,18 @@ def _run(config, watcher):
                                 fp16_allreduce=config.horovod_fp16_allreduce)
     watcher.install()  # again: the backend may have taken SIGTERM (train.loops.preemption)
     config = assemble.setup_numerics(config)
+    lock = workdir_lock.WorkdirLock(config.workdir) if backend.is_chief else None
+    try:
+        return _run_locked(config, backend, watcher, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(config, backend, watcher, lock):
     parts = assemble.assemble(config, backend=backend, watcher=watcher,
-                              record_indices=os.environ.get(RECORD_INDICES_ENV) or None)
+                              record_indices=os.environ.get(RECORD_INDICES_ENV) or None,
+                              claim_workdir=lock.acquire if lock is not None else None)
     restored, changes = restore(parts)
     if backend.preempted_during_startup():
         watcher.request("SIGTERM during start-up")  # every worker sees it: one stop step

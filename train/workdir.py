@@ -6,6 +6,7 @@
     <workdir>/metrics.jsonl   one JSON row per log line and event (train.monitor)
     <workdir>/tensorboard/    the same scalars for TensorBoard (train.monitor)
     <workdir>/export/         the seed's model formats at the end of a run (train.export)
+    <workdir>/.lock           held by the training chief while it runs (train.workdir_lock)
 
 Invariants: only the chief of a training run writes here (readers: harness-eval,
 harness-export, the other workers); config.json is replaced durably (train.durable), so a
@@ -24,6 +25,7 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_DIR = "export"
+LOCK_FILE = ".lock"  # the training chief's lock (train.workdir_lock)
 IDENTITY_KEYS = ("model", "dataset", "image_shape", "num_classes")
 
 

@@ -51,7 +51,7 @@ def test_two_workers_end_identical_and_only_the_chief_wrote(uninterrupted):
     workdir, proc = uninterrupted
     found = digests(proc.stdout)
     assert set(found) == {0, 1} and found[0] == found[1] and found[0][0] == 30
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl",
+    assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config.json", "metrics.jsonl",
                                            "tensorboard"]
     with open(workdir / "config.json", encoding="utf-8") as f:
         assert json.load(f)["num_workers"] == 2  # what harness-export rebuilds --scale-lr from
