@@ -58,18 +58,30 @@ class ClusterSpec:
 
     @property
     def rank_offset(self):
-        return sum(host.slots for host in self.hosts[:self.node_rank])
+        return sum(host.slots for host in self.hosts[: self.node_rank])
 
     def worker_addresses(self):
         """host:port of every worker in global rank order; a local spec binds new ports."""
         if self.master_port is None:
             return [f"{LOCALHOST}:{port}" for port in free_ports(self.world_size)]
-        return [f"{host.name}:{self.master_port + index}"
-                for host in self.hosts for index in range(host.slots)]
+        return [
+            f"{host.name}:{self.master_port + index}"
+            for host in self.hosts
+            for index in range(host.slots)
+        ]
 
 
-def resolve(*, nproc, hosts=None, hostfile=None, node_rank=None, master_port=None,
-            env, hostname=None, launcher_per_node=True):
+def resolve(
+    *,
+    nproc,
+    hosts=None,
+    hostfile=None,
+    node_rank=None,
+    master_port=None,
+    env,
+    hostname=None,
+    launcher_per_node=True,
+):
     """The spec for these flags and this environment (Slurm, when no hosts are given).
 
     launcher_per_node=False is horovodrun's model: one launcher, on the first host,
@@ -83,18 +95,25 @@ def resolve(*, nproc, hosts=None, hostfile=None, node_rank=None, master_port=Non
     if listed is None:
         return _local_spec(nproc, node_rank, master_port)
     if nproc is not None and nproc != sum(host.slots for host in listed):
-        raise UsageError(f"--nproc {nproc} does not match the "
-                         f"{sum(host.slots for host in listed)} slots of {source}")
+        raise UsageError(
+            f"--nproc {nproc} does not match the "
+            f"{sum(host.slots for host in listed)} slots of {source}"
+        )
     if not launcher_per_node:
         node_rank = node_rank or 0
     elif node_rank is None:
-        slurm_node_id = None if hosts or hostfile else env.get("SLURM_NODEID")
-        node_rank = _infer_node_rank(listed, hostname or env.get("SLURMD_NODENAME")
-                                     or socket.gethostname(), source, slurm_node_id)
+        node_rank = _node_rank_here(listed, source, env, hostname, given=bool(hosts or hostfile))
     _check_node_rank(node_rank, len(listed), source)
     port = DEFAULT_MASTER_PORT if master_port is None else master_port
     _check_ports(port, max(host.slots for host in listed))
     return ClusterSpec(hosts=listed, node_rank=node_rank, master_port=port, source=source)
+
+
+def _node_rank_here(listed, source, env, hostname, *, given):
+    """This host's index in `listed`: Slurm's node id, else found by host name."""
+    slurm_node_id = None if given else env.get("SLURM_NODEID")
+    name = hostname or env.get("SLURMD_NODENAME") or socket.gethostname()
+    return _infer_node_rank(listed, name, source, slurm_node_id)
 
 
 def _listed_hosts(hosts, hostfile, env, nproc, launcher_per_node):
@@ -117,14 +136,17 @@ def _local_spec(nproc, node_rank, master_port):
 
 def _check_node_rank(node_rank, count, source):
     if not 0 <= node_rank < count:
-        raise UsageError(f"--node-rank {node_rank} is out of range: {source} lists "
-                         f"{count} host(s), so it must be 0..{count - 1}")
+        raise UsageError(
+            f"--node-rank {node_rank} is out of range: {source} lists "
+            f"{count} host(s), so it must be 0..{count - 1}"
+        )
 
 
 def _check_ports(port, slots):
     if port < 1 or port + slots - 1 > 65535:
-        raise UsageError(f"--master-port {port}: ports {port}..{port + slots - 1} "
-                         "must lie within 1..65535")
+        raise UsageError(
+            f"--master-port {port}: ports {port}..{port + slots - 1} must lie within 1..65535"
+        )
 
 
 def _infer_node_rank(hosts, hostname, source, slurm_node_id):
@@ -133,14 +155,18 @@ def _infer_node_rank(hosts, hostname, source, slurm_node_id):
         return 0
     names = [host.name for host in hosts]
     for candidate in (hostname, hostname.split(".")[0]):
-        matches = [i for i, name in enumerate(names)
-                   if name == candidate or name.split(".")[0] == candidate]
+        matches = [
+            i
+            for i, name in enumerate(names)
+            if name == candidate or name.split(".")[0] == candidate
+        ]
         if len(matches) == 1:
             return matches[0]
     if slurm_node_id is not None and slurm_node_id.isdigit():
         return int(slurm_node_id)
-    raise UsageError(f"--node-rank is required: this host ({hostname}) is not one of "
-                     f"the hosts of {source}")
+    raise UsageError(
+        f"--node-rank is required: this host ({hostname}) is not one of the hosts of {source}"
+    )
 
 
 def parse_hosts(text):
@@ -150,8 +176,9 @@ def parse_hosts(text):
     for entry in entries:
         match = _HOST_ENTRY.match(entry)
         if not match:
-            raise UsageError(f"--hosts {text!r}: expected host:slots[,host:slots...], "
-                             f"got {entry!r}")
+            raise UsageError(
+                f"--hosts {text!r}: expected host:slots[,host:slots...], got {entry!r}"
+            )
         hosts.append(_host(match.group(1), match.group(2), f"--hosts {text!r}"))
     return _unique(hosts, "--hosts")
 
@@ -170,8 +197,10 @@ def parse_hostfile(path):
             continue
         match = _HOSTFILE_LINE.match(line)
         if not match:
-            raise UsageError(f"--hostfile {path} line {number}: expected 'host slots=N' "
-                             f"or 'host:N', got {line!r}")
+            raise UsageError(
+                f"--hostfile {path} line {number}: expected 'host slots=N' "
+                f"or 'host:N', got {line!r}"
+            )
         slots = match.group(2) or match.group(3)
         hosts.append(_host(match.group(1), slots, f"--hostfile {path} line {number}"))
     if not hosts:
@@ -194,8 +223,9 @@ def _unique(hosts, where):
     names = [host.name for host in hosts]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise UsageError(f"{where}: host {repeated[0]} is listed twice; give it one entry "
-                         "with all its slots")
+        raise UsageError(
+            f"{where}: host {repeated[0]} is listed twice; give it one entry with all its slots"
+        )
     return tuple(hosts)
 
 
@@ -207,13 +237,16 @@ def slurm_hosts(env, *, nproc, launcher_per_node=True):
     if launcher_per_node:
         slurm.check_one_launcher_per_node(env, len(names))
     if nproc is None:
-        raise UsageError("--nproc is required: the world size over the Slurm job's "
-                         f"{len(names)} nodes")
+        raise UsageError(
+            f"--nproc is required: the world size over the Slurm job's {len(names)} nodes"
+        )
     if nproc % len(names):
-        raise UsageError(f"--nproc {nproc} does not split evenly over the Slurm job's "
-                         f"{len(names)} nodes")
-    return _unique([Host(name=name, slots=nproc // len(names)) for name in names],
-                   "the Slurm nodelist")
+        raise UsageError(
+            f"--nproc {nproc} does not split evenly over the Slurm job's {len(names)} nodes"
+        )
+    return _unique(
+        [Host(name=name, slots=nproc // len(names)) for name in names], "the Slurm nodelist"
+    )
 
 
 def free_ports(count):

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from train import cluster
 from train.errors import EXIT_OK, EXIT_PREEMPTED, UsageError
 
-HOROVOD_MISSING = ("horovod is not installed; build it with: bash launch/build_horovod.sh "
-                   ".venv/bin/python (see README)")
+HOROVOD_MISSING = (
+    "horovod is not installed; build it with: bash launch/build_horovod.sh "
+    ".venv/bin/python (see README)"
+)
 # horovodrun turns any failing rank into its own exit 1; each rank of harness-train
 # records its real exit code there (train.cli), so a preemption still ends in 42.
 EXIT_CODES_ENV = cluster.EXIT_CODE_DIR_ENV
@@ -46,8 +48,10 @@ def resolve_command(command):
     times); a bare name found only beside this Python (an unactivated venv's bin) runs
     from there, so `.venv/bin/harness-launch ... -- harness-train ...` works."""
     if not command:
-        raise UsageError("no command given: put it after --, e.g. "
-                         "harness-launch --nproc 2 -- python -m train ...")
+        raise UsageError(
+            "no command given: put it after --, e.g. "
+            "harness-launch --nproc 2 -- python -m train ..."
+        )
     program = command[0]
     if shutil.which(program):
         return tuple(command)
@@ -70,19 +74,29 @@ def make_plan(*, backend, spec, command, env, mpi=False):
     existing = cluster.existing_tf_config(env)
     if backend == "horovod":
         if existing is not None:
-            raise UsageError("TF_CONFIG is set in the environment: unset it for "
-                             "--backend horovod (the workers would take it for a cluster)")
-        argv = horovod_argv(horovodrun=find_horovodrun(), spec=spec, command=command,
-                            mpi=mpi, mpirun=shutil.which("mpirun"))
+            raise UsageError(
+                "TF_CONFIG is set in the environment: unset it for "
+                "--backend horovod (the workers would take it for a cluster)"
+            )
+        argv = horovod_argv(
+            horovodrun=find_horovodrun(),
+            spec=spec,
+            command=command,
+            mpi=mpi,
+            mpirun=shutil.which("mpirun"),
+        )
         return functools.partial(_horovod_workers, argv=argv, env=env)
     if mpi:
         raise UsageError("--mpi applies to --backend horovod only")
     if existing is not None:
         if spec.world_size != 1 or spec.source != "local":
-            raise UsageError("TF_CONFIG is set in the environment and already describes "
-                             "a cluster: unset it, or supervise that one task with --nproc 1")
-        return functools.partial(_kept_tf_config_worker, config=existing,
-                                 command=tuple(command), env=env)
+            raise UsageError(
+                "TF_CONFIG is set in the environment and already describes "
+                "a cluster: unset it, or supervise that one task with --nproc 1"
+            )
+        return functools.partial(
+            _kept_tf_config_worker, config=existing, command=tuple(command), env=env
+        )
     return functools.partial(_multiworker_workers, spec=spec, command=tuple(command), env=env)
 
 
@@ -92,29 +106,45 @@ def _multiworker_workers(restart, *, spec, command, env):
     for local_rank in range(spec.local_size):
         rank = spec.rank_offset + local_rank
         worker_env = _with_defaults(env) | harness_env(
-            rank=rank, world_size=spec.world_size, local_rank=local_rank,
-            local_size=spec.local_size, restart=restart)
+            rank=rank,
+            world_size=spec.world_size,
+            local_rank=local_rank,
+            local_size=spec.local_size,
+            restart=restart,
+        )
         worker_env[cluster.TF_CONFIG_ENV] = cluster.tf_config(addresses, rank)
-        workers.append(WorkerSpec(rank=rank, label=f"worker {rank}", argv=command,
-                                  env=worker_env, prefix=f"[{rank}] "))
+        workers.append(
+            WorkerSpec(
+                rank=rank, label=f"worker {rank}", argv=command, env=worker_env, prefix=f"[{rank}] "
+            )
+        )
     return workers
 
 
 def _kept_tf_config_worker(restart, *, config, command, env):
     rank, world = cluster.task_rank(config)  # as the trainer counts: the chief first
     worker_env = _with_defaults(env) | harness_env(
-        rank=rank, world_size=world, local_rank=0, local_size=1, restart=restart)
-    return [WorkerSpec(rank=rank, label=f"worker {rank}", argv=command, env=worker_env,
-                       prefix=f"[{rank}] ")]
+        rank=rank, world_size=world, local_rank=0, local_size=1, restart=restart
+    )
+    return [
+        WorkerSpec(
+            rank=rank, label=f"worker {rank}", argv=command, env=worker_env, prefix=f"[{rank}] "
+        )
+    ]
 
 
 def _horovod_workers(restart, *, argv, env):
     # horovodrun sets HOROVOD_RANK & co. per rank and prefixes their output itself.
     exit_codes_dir = tempfile.mkdtemp(prefix="harness-exits-")
-    worker_env = _with_defaults(env) | {cluster.RESTART_COUNT_ENV: str(restart),
-                                        EXIT_CODES_ENV: exit_codes_dir}
-    return [WorkerSpec(rank=0, label="horovodrun", argv=argv, env=worker_env,
-                       exit_codes_dir=exit_codes_dir)]
+    worker_env = _with_defaults(env) | {
+        cluster.RESTART_COUNT_ENV: str(restart),
+        EXIT_CODES_ENV: exit_codes_dir,
+    }
+    return [
+        WorkerSpec(
+            rank=0, label="horovodrun", argv=argv, env=worker_env, exit_codes_dir=exit_codes_dir
+        )
+    ]
 
 
 def recorded_exit_code(directory, code):
@@ -135,9 +165,13 @@ def recorded_exit_code(directory, code):
 
 
 def harness_env(*, rank, world_size, local_rank, local_size, restart):
-    return {cluster.RANK_ENV: str(rank), cluster.WORLD_SIZE_ENV: str(world_size),
-            cluster.LOCAL_RANK_ENV: str(local_rank), cluster.LOCAL_WORLD_SIZE_ENV: str(local_size),
-            cluster.RESTART_COUNT_ENV: str(restart)}
+    return {
+        cluster.RANK_ENV: str(rank),
+        cluster.WORLD_SIZE_ENV: str(world_size),
+        cluster.LOCAL_RANK_ENV: str(local_rank),
+        cluster.LOCAL_WORLD_SIZE_ENV: str(local_size),
+        cluster.RESTART_COUNT_ENV: str(restart),
+    }
 
 
 def _with_defaults(env):
@@ -155,11 +189,20 @@ def find_horovodrun():
 def horovod_argv(*, horovodrun, spec, command, mpi, mpirun):
     """horovodrun's command line: Gloo unless --mpi is asked for and mpirun exists."""
     if spec.node_rank != 0:
-        raise UsageError(f"--node-rank {spec.node_rank}: with --backend horovod run "
-                         "harness-launch on the first host only; horovodrun starts the "
-                         "other hosts' ranks itself")
+        raise UsageError(
+            f"--node-rank {spec.node_rank}: with --backend horovod run "
+            "harness-launch on the first host only; horovodrun starts the "
+            "other hosts' ranks itself"
+        )
     if mpi and mpirun is None:
         raise UsageError("--mpi: mpirun is not installed (leave --mpi out to use Gloo)")
     hosts = ",".join(f"{host.name}:{host.slots}" for host in spec.hosts)
-    return (horovodrun, "--mpi" if mpi else "--gloo", "-np", str(spec.world_size),
-            "-H", hosts, *command)
+    return (
+        horovodrun,
+        "--mpi" if mpi else "--gloo",
+        "-np",
+        str(spec.world_size),
+        "-H",
+        hosts,
+        *command,
+    )

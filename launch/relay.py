@@ -20,16 +20,22 @@ _MAX_LINE = 1 << 16  # a longer line is cut into prefixed pieces rather than hel
 # What the launcher forwards for each signal it handles. SIGHUP (the terminal is gone)
 # becomes SIGTERM: the workers' preemption handler knows it, and they would otherwise
 # live on, detached, after the launcher died of the SIGHUP.
-FORWARD = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT,
-           signal.SIGUSR1: signal.SIGUSR1, signal.SIGHUP: signal.SIGTERM}
+FORWARD = {
+    signal.SIGTERM: signal.SIGTERM,
+    signal.SIGINT: signal.SIGINT,
+    signal.SIGUSR1: signal.SIGUSR1,
+    signal.SIGHUP: signal.SIGTERM,
+}
 
 
 class Output:
     """Whole-line writes to the launcher's stdout/stderr from many threads."""
 
     def __init__(self, *, stdout=None, stderr=None):
-        self._streams = {"stdout": stdout or sys.stdout.buffer,
-                         "stderr": stderr or sys.stderr.buffer}
+        self._streams = {
+            "stdout": stdout or sys.stdout.buffer,
+            "stderr": stderr or sys.stderr.buffer,
+        }
         self._lock = threading.Lock()
 
     def write(self, name, data):

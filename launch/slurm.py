@@ -23,8 +23,9 @@ _BRACKETS = re.compile(r"\[([^\[\]]*)\]|([^\[\]]+)")
 
 def job_nodes(env):
     """Host names of this Slurm job (step), in Slurm's order; None outside Slurm."""
-    nodelist = (env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
-                or env.get("SLURM_NODELIST"))
+    nodelist = (
+        env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    )
     if "SLURM_JOB_ID" not in env or not nodelist:
         return None
     return hostnames(nodelist)
@@ -36,11 +37,15 @@ def check_one_launcher_per_node(env, nodes):
     # start that node's share of the workers and wait forever for the others.
     step_nodes, step_tasks = env.get("SLURM_STEP_NUM_NODES"), env.get("SLURM_STEP_NUM_TASKS")
     if step_nodes is None:
-        raise UsageError(f"this Slurm job has {nodes} nodes: start one harness-launch per "
-                         "node with 'srun --ntasks-per-node=1 harness-launch ...'")
+        raise UsageError(
+            f"this Slurm job has {nodes} nodes: start one harness-launch per "
+            "node with 'srun --ntasks-per-node=1 harness-launch ...'"
+        )
     if step_tasks is not None and step_tasks != step_nodes:
-        raise UsageError(f"this Slurm step runs {step_tasks} tasks on {step_nodes} nodes: "
-                         "start exactly one harness-launch per node (srun --ntasks-per-node=1)")
+        raise UsageError(
+            f"this Slurm step runs {step_tasks} tasks on {step_nodes} nodes: "
+            "start exactly one harness-launch per node (srun --ntasks-per-node=1)"
+        )
 
 
 def hostnames(nodelist):
@@ -52,13 +57,19 @@ def hostnames(nodelist):
     scontrol = shutil.which("scontrol")
     if scontrol:
         try:
-            done = subprocess.run([scontrol, "show", "hostnames", nodelist], timeout=30,
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [scontrol, "show", "hostnames", nodelist],
+                timeout=30,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             return done.stdout.split()
         except (OSError, subprocess.SubprocessError):
             pass
-    raise UsageError(f"cannot expand the Slurm nodelist {nodelist!r} (nor could scontrol); "
-                     "pass --hosts instead")
+    raise UsageError(
+        f"cannot expand the Slurm nodelist {nodelist!r} (nor could scontrol); pass --hosts instead"
+    )
 
 
 def expand_nodelist(text):

@@ -30,70 +30,21 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 
 from launch import plan
+from launch.policy import (  # noqa: F401  (Exit, backoff_seconds: part of this API)
+    BACKOFF_CAP_SECONDS,
+    Exit,
+    Options,
+    Outcome,
+    backoff_seconds,
+    code_after_signal,
+    next_step,
+)
 from launch.relay import FORWARD, POLL_SECONDS, Output, SignalInbox, pump
-from train.errors import EXIT_FAILURE, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, HarnessError, UsageError
+from train.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HarnessError, UsageError
 
-BACKOFF_CAP_SECONDS = 60.0
 PIPE_DRAIN_SECONDS = 2.0  # after its group is dead, a worker's output ends within this
-
-
-@dataclass(frozen=True, kw_only=True)
-class Options:
-    max_restarts: int = 3
-    restart_backoff: float = 1.0  # seconds before restart 1; doubles, capped
-    stop_timeout: float = 30.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Exit:
-    rank: int
-    label: str
-    code: int  # a death by signal S is 128+S
-    signal: str | None  # its name, when the worker died of a signal
-    stopped: bool  # the launcher had told it to stop (SIGTERM or SIGKILL to its group)
-    at: float  # time.monotonic() when seen
-
-    def describe(self):
-        if self.signal:
-            return f"{self.label} exited with {self.code} (killed by {self.signal})"
-        notes = {EXIT_PREEMPTED: " (preempted after a save)", EXIT_USAGE: " (bad usage)"}
-        return f"{self.label} exited with {self.code}{notes.get(self.code, '')}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outcome:
-    code: int
-    signal: str | None = None  # the first signal forwarded during the attempt
-
-
-def backoff_seconds(restart, base):
-    """Wait before restart number `restart` (1-based): base, 2 base, 4 base, ... capped."""
-    return min(base * 2 ** (restart - 1), BACKOFF_CAP_SECONDS)
-
-
-def next_step(code, *, restart, options):
-    """What follows a failed attempt, as the event line says it."""
-    if code == EXIT_USAGE:
-        return "not restarting: a bad-usage exit would only repeat"
-    if restart < options.max_restarts:
-        delay = backoff_seconds(restart + 1, options.restart_backoff)
-        return f"restart {restart + 1}/{options.max_restarts} in {delay:.1f} s"
-    return f"no restarts left (--max-restarts {options.max_restarts}); exiting with {code}"
-
-
-def code_after_signal(exits):
-    """42 when every worker exited 42 (or 0): the save is done, requeue the job."""
-    codes = [done.code for done in exits]
-    if all(code == EXIT_OK for code in codes):
-        return EXIT_OK
-    if all(code in (EXIT_OK, EXIT_PREEMPTED) for code in codes):
-        return EXIT_PREEMPTED
-    return next((done.code for done in exits
-                 if done.code not in (EXIT_OK, EXIT_PREEMPTED) and not done.stopped),
-                EXIT_FAILURE)
 
 
 def supervise(*, make_workers, options, output=None):
@@ -105,24 +56,34 @@ def supervise(*, make_workers, options, output=None):
         while True:
             workers = make_workers(restart)
             output.event(_starting(workers, restart, options))
-            outcome = _Attempt(workers=workers, options=options, inbox=inbox, output=output,
-                               restart=restart).run()
-            if (outcome.code == EXIT_OK or outcome.signal or outcome.code == EXIT_USAGE
-                    or restart >= options.max_restarts):
+            outcome = _Attempt(
+                workers=workers, options=options, inbox=inbox, output=output, restart=restart
+            ).run()
+            if (
+                outcome.code == EXIT_OK
+                or outcome.signal
+                or outcome.code == EXIT_USAGE
+                or restart >= options.max_restarts
+            ):
                 return outcome.code
             restart += 1
             received = inbox.wait(backoff_seconds(restart, options.restart_backoff))
             if received:
-                output.event(f"received {received[0].name} while waiting to restart; "
-                             f"not restarting; exiting with {outcome.code}")
+                output.event(
+                    f"received {received[0].name} while waiting to restart; "
+                    f"not restarting; exiting with {outcome.code}"
+                )
                 return outcome.code
     finally:
         inbox.restore()
 
 
 def _starting(workers, restart, options):
-    names = workers[0].label if len(workers) == 1 else (
-        f"{len(workers)} workers (ranks {workers[0].rank}-{workers[-1].rank})")
+    names = (
+        workers[0].label
+        if len(workers) == 1
+        else (f"{len(workers)} workers (ranks {workers[0].rank}-{workers[-1].rank})")
+    )
     again = f" (restart {restart}/{options.max_restarts})" if restart else ""
     return f"starting {names}{again}"
 
@@ -180,9 +141,14 @@ class _Attempt:
     def _start(self):
         for spec in self.workers:
             try:
-                proc = subprocess.Popen(spec.argv, env=spec.env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    spec.argv,
+                    env=spec.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
             except FileNotFoundError:
                 raise UsageError(f"command not found: {spec.argv[0]}") from None
             except PermissionError:
@@ -191,8 +157,9 @@ class _Attempt:
                 raise HarnessError(f"cannot start {spec.label}: {error}") from None
             self.procs.append(proc)
             for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-                reader = threading.Thread(target=pump, daemon=True,
-                                          args=(pipe, self.output, name, spec.prefix.encode()))
+                reader = threading.Thread(
+                    target=pump, daemon=True, args=(pipe, self.output, name, spec.prefix.encode())
+                )
                 reader.start()
                 self.pumps.append(reader)
 
@@ -211,16 +178,21 @@ class _Attempt:
             if self.workers[index].exit_codes_dir is not None:
                 code = plan.recorded_exit_code(self.workers[index].exit_codes_dir, code)
             self.exits[index] = Exit(
-                rank=self.workers[index].rank, label=self.workers[index].label,
+                rank=self.workers[index].rank,
+                label=self.workers[index].label,
                 code=code,
                 signal=_signal_name(-returncode) if returncode < 0 else None,
-                stopped=index in self.stopped, at=time.monotonic())
+                stopped=index in self.stopped,
+                at=time.monotonic(),
+            )
 
     def _decide(self, now):
         if self.kill_at is not None:
             if not self.killed and now >= self.kill_at:
-                self._kill(f"workers {{ranks}} did not exit within --stop-timeout "
-                           f"{self.options.stop_timeout:g} s; sending SIGKILL")
+                self._kill(
+                    f"workers {{ranks}} did not exit within --stop-timeout "
+                    f"{self.options.stop_timeout:g} s; sending SIGKILL"
+                )
             return
         failure = next((done for done in self.exits.values() if done.code != EXIT_OK), None)
         if failure is not None:
@@ -228,9 +200,13 @@ class _Attempt:
             return
         first = next(iter(self.exits.values()), None)
         if first is not None and now - first.at >= self.options.stop_timeout and self._running():
-            self._stop(now, f"{first.label} exited with 0 but workers "
-                            f"{self._ranks(self._running())} still run after "
-                            f"{self.options.stop_timeout:g} s", EXIT_FAILURE)
+            self._stop(
+                now,
+                f"{first.label} exited with 0 but workers "
+                f"{self._ranks(self._running())} still run after "
+                f"{self.options.stop_timeout:g} s",
+                EXIT_FAILURE,
+            )
 
     def _stop(self, now, what, code):
         running = self._running()
@@ -263,8 +239,9 @@ class _Attempt:
         self.signal = self.signal or sig.name
         text = f"received {sig.name}; sent {forward.name} to workers {self._ranks(running)}"
         if first:
-            text += (f"; not restarting; waiting up to {self.options.stop_timeout:g} s "
-                     "for them to exit")
+            text += (
+                f"; not restarting; waiting up to {self.options.stop_timeout:g} s for them to exit"
+            )
             if self.kill_at is None:
                 self.kill_at = time.monotonic() + self.options.stop_timeout
         self.output.event(text)
@@ -289,7 +266,9 @@ class _Attempt:
             return Outcome(code=code)
         exits = sorted(self.exits.values(), key=lambda done: done.rank)  # stable message
         code = code_after_signal(exits)
-        self.output.event(f"after {self.signal}: exit codes "
-                          f"{', '.join(f'{done.rank}={done.code}' for done in exits)}; "
-                          f"exiting with {code}")
+        self.output.event(
+            f"after {self.signal}: exit codes "
+            f"{', '.join(f'{done.rank}={done.code}' for done in exits)}; "
+            f"exiting with {code}"
+        )
         return Outcome(code=code, signal=self.signal)

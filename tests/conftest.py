@@ -27,9 +27,18 @@ def pytest_unconfigure(config):
 def data_dir(tmp_path_factory):
     """A TFDS data_dir with the built-in shapes10 prepared once for the whole session."""
     path = tmp_path_factory.mktemp("tfds")
-    subprocess.run([sys.executable, "-c", "import sys; from train import data; "
-                    "data.dataset_info('shapes10', sys.argv[1])", str(path)],
-                   check=True, cwd=REPO, env={**os.environ, **QUIET_ENV}, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from train import data; data.dataset_info('shapes10', sys.argv[1])",
+            str(path),
+        ],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, **QUIET_ENV},
+        timeout=300,
+    )
     return str(path)
 
 
@@ -54,12 +63,19 @@ def harness_env(**extra):
 
 def run_module(module, *args, env=None, timeout=600, check_exit=None):
     """Run `python -m module args` as a user would; returns CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
-                          env=env or harness_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO,
+        env=env or harness_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check_exit is not None and proc.returncode != check_exit:
-        raise AssertionError(f"exit {proc.returncode} != {check_exit}\n--- stdout\n"
-                             f"{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"exit {proc.returncode} != {check_exit}\n--- stdout\n"
+            f"{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

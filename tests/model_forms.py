@@ -33,11 +33,13 @@ ALL_FILES = ["export.json", "model.keras", "model.weights.h5", "saved_model"]
 
 def train_steps(model, optimizer, batches):
     """A few plain optimizer steps (like train.loops.trainer, without a strategy)."""
+
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                y, model(x, training=True)))
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+            )
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 
@@ -56,8 +58,14 @@ def listing(directory):
 
 def run_python(code, *args):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def eval_json(capsys, *argv):
@@ -92,9 +100,16 @@ def trained(tmp_path_factory):
     train_steps(model, optimizer, dataset)
     directory = str(tmp_path_factory.mktemp("export"))
     written = export.export_model(model, optimizer, directory)
-    return types.SimpleNamespace(model=model, optimizer=optimizer, x=x, y=y, dataset=dataset,
-                                 directory=directory, written=written,
-                                 probs=model.predict_on_batch(x))
+    return types.SimpleNamespace(
+        model=model,
+        optimizer=optimizer,
+        x=x,
+        y=y,
+        dataset=dataset,
+        directory=directory,
+        written=written,
+        probs=model.predict_on_batch(x),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +120,13 @@ def bad_files(tmp_path_factory, trained):
     empty_dir = base / "empty"
     empty_dir.mkdir()
     d = trained.directory
-    return types.SimpleNamespace(text=str(text), dir=str(empty_dir),
-                                 keras=os.path.join(d, "model.keras"),
-                                 weights=os.path.join(d, "model.weights.h5"),
-                                 saved_model=os.path.join(d, "saved_model"))
+    return types.SimpleNamespace(
+        text=str(text),
+        dir=str(empty_dir),
+        keras=os.path.join(d, "model.keras"),
+        weights=os.path.join(d, "model.weights.h5"),
+        saved_model=os.path.join(d, "saved_model"),
+    )
 
 
 # --------------------------------------------------------------------------- a saved run
@@ -117,8 +135,9 @@ def bad_files(tmp_path_factory, trained):
 @pytest.fixture(scope="module")
 def small_data_dir(tmp_path_factory):
     """A small shapes10 (32x32x3, 10 classes) prepared through data.dataset_info."""
-    return prepare_small_shapes10(str(tmp_path_factory.mktemp("tfds")),
-                                  num_train=NUM_TRAIN, num_test=NUM_TEST)
+    return prepare_small_shapes10(
+        str(tmp_path_factory.mktemp("tfds")), num_train=NUM_TRAIN, num_test=NUM_TEST
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +146,23 @@ def workdir(tmp_path_factory, small_data_dir):
     with train.run's state and meta; no export yet. Also the in-memory numbers at step 4."""
     path, data_dir = str(tmp_path_factory.mktemp("run")), small_data_dir
     info = data.dataset_info("shapes10", data_dir)
-    identity = {"model": "cnn", "dataset": "shapes10", "image_shape": list(info.image_shape),
-                "num_classes": info.num_classes}
+    identity = {
+        "model": "cnn",
+        "dataset": "shapes10",
+        "image_shape": list(info.image_shape),
+        "num_classes": info.num_classes,
+    }
     # precision as train.run records it: resolved, here float32 (the policy of this test).
-    config = {**TrainConfig(workdir=path).to_json(), "data_dir": data_dir, "batch_size": 32,
-              "steps": 4, "learning_rate": 3e-3, "precision": "fp32", **identity,
-              "total_steps": 4}
+    config = {
+        **TrainConfig(workdir=path).to_json(),
+        "data_dir": data_dir,
+        "batch_size": 32,
+        "steps": 4,
+        "learning_rate": 3e-3,
+        "precision": "fp32",
+        **identity,
+        "total_steps": 4,
+    }
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     keras.utils.set_random_seed(1)
@@ -140,23 +170,36 @@ def workdir(tmp_path_factory, small_data_dir):
     optimizer = optimizers.build(types.SimpleNamespace(**config))
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    batches = iter(data.train_dataset(info, data_dir, global_batch_size=32, seed=0,
-                                      start_step=0, augment=False, float_images=True))
+    batches = iter(
+        data.train_dataset(
+            info,
+            data_dir,
+            global_batch_size=32,
+            seed=0,
+            start_step=0,
+            augment=False,
+            float_images=True,
+        )
+    )
     with checkpoint.CheckpointManager(
-            directory=os.path.join(path, "checkpoints"), is_chief=True,
-            state={"model": model.variables, "optimizer": optimizer.variables,
-                   "train": [step]}, meta={**identity, "batch_size": 32}) as manager:
+        directory=os.path.join(path, "checkpoints"),
+        is_chief=True,
+        state={"model": model.variables, "optimizer": optimizer.variables, "train": [step]},
+        meta={**identity, "batch_size": 32},
+    ) as manager:
         for n in (2, 4):
             train_steps(model, optimizer, [next(batches), next(batches)])
             step.assign(n)
             manager.save(n)
             if n == 2:
-                at_2 = export.evaluate(export.make_predict_fn(model),
-                                       data.eval_dataset(info, data_dir, global_batch_size=100,
-                                                         float_images=True))
-    final = export.evaluate(export.make_predict_fn(model),
-                            data.eval_dataset(info, data_dir, global_batch_size=100,
-                                                         float_images=True))
+                at_2 = export.evaluate(
+                    export.make_predict_fn(model),
+                    data.eval_dataset(info, data_dir, global_batch_size=100, float_images=True),
+                )
+    final = export.evaluate(
+        export.make_predict_fn(model),
+        data.eval_dataset(info, data_dir, global_batch_size=100, float_images=True),
+    )
     return types.SimpleNamespace(path=path, data_dir=data_dir, at_2=at_2, final=final)
 
 

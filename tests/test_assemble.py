@@ -22,9 +22,26 @@ def float32_policy_after():
 
 
 def train_in_process(path, *extra):
-    args = ["--workdir", str(path), "--dataset", "synthetic", "--batch-size", "16",
-            "--steps-per-call", "2", "--log-every", "2", "--checkpoint-every", "2",
-            "--eval-every", "0", "--no-export", "--precision", "fp32", *map(str, extra)]
+    args = [
+        "--workdir",
+        str(path),
+        "--dataset",
+        "synthetic",
+        "--batch-size",
+        "16",
+        "--steps-per-call",
+        "2",
+        "--log-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--eval-every",
+        "0",
+        "--no-export",
+        "--precision",
+        "fp32",
+        *map(str, extra),
+    ]
     return train_main(args)
 
 

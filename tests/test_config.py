@@ -53,8 +53,9 @@ def test_a_file_that_gives_both_lengths_is_refused(tmp_path):
 
 
 def test_boolean_flags_and_signal_lists(tmp_path):
-    config = parse(tmp_path, "--no-augment", "--async-checkpoint",
-                   "--preemption-signals", "SIGTERM,SIGUSR2")
+    config = parse(
+        tmp_path, "--no-augment", "--async-checkpoint", "--preemption-signals", "SIGTERM,SIGUSR2"
+    )
     assert config.augment is False and config.async_checkpoint is True
     assert config.preemption_signals == ("SIGTERM", "SIGUSR2")
 
@@ -65,22 +66,28 @@ def test_horovod_fp16_allreduce_flag(tmp_path):
     assert config.horovod_fp16_allreduce is True
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--steps", "0"], "--steps must be positive"),
-    (["--steps", "-3"], "--steps must be positive"),
-    (["--batch-size", "0"], "--batch-size must be positive"),
-    (["--learning-rate", "-0.1"], "--learning-rate must be positive"),
-    (["--learning-rate", "fast"], "--learning-rate: invalid value"),
-    (["--model", "vgg"], "unknown model 'vgg'"),
-    (["--strategy", "tpu"], "unknown strategy 'tpu'"),
-    (["--optimizer", "lion"], "unknown optimizer 'lion'"),
-    (["--precision", "fp8"], "unknown precision 'fp8'"),
-    (["--steps", "5", "--epochs", "1"], "not both"),
-    (["--preemption-signals", "SIGNOPE"], "unknown signal 'SIGNOPE'"),
-    (["--replicas", "2", "--strategy", "default"], "--replicas applies to"),
-    (["--horovod-fp16-allreduce", "--strategy", "multiworker"], "applies to --strategy horovod"),
-    (["--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--steps", "0"], "--steps must be positive"),
+        (["--steps", "-3"], "--steps must be positive"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--learning-rate", "-0.1"], "--learning-rate must be positive"),
+        (["--learning-rate", "fast"], "--learning-rate: invalid value"),
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--strategy", "tpu"], "unknown strategy 'tpu'"),
+        (["--optimizer", "lion"], "unknown optimizer 'lion'"),
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--steps", "5", "--epochs", "1"], "not both"),
+        (["--preemption-signals", "SIGNOPE"], "unknown signal 'SIGNOPE'"),
+        (["--replicas", "2", "--strategy", "default"], "--replicas applies to"),
+        (
+            ["--horovod-fp16-allreduce", "--strategy", "multiworker"],
+            "applies to --strategy horovod",
+        ),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_bad_flags_name_the_problem(tmp_path, flags, fragment):
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(")):
         parse(tmp_path, *flags)
@@ -119,9 +126,15 @@ def test_help_documents_every_flag_with_its_default(capsys):
     assert "(default: 128)" in text and "(default: shapes10)" in text
 
 
-@pytest.mark.parametrize("message, line", [
-    ("", "ValueError"), ("   \n\n", "ValueError"), ("\n  first  \nsecond", "first"),
-    ("only", "only")])
+@pytest.mark.parametrize(
+    "message, line",
+    [
+        ("", "ValueError"),
+        ("   \n\n", "ValueError"),
+        ("\n  first  \nsecond", "first"),
+        ("only", "only"),
+    ],
+)
 def test_first_line_of_an_error_is_never_blank_and_never_fails(message, line):
     """One helper for every one-line error (two of its former copies raised IndexError on
     an empty message)."""

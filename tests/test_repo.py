@@ -70,7 +70,7 @@ def test_imports_go_one_way_and_no_two_modules_import_each_other():
     def visit(node, stack):
         for nxt in graph[node]:
             if nxt in stack:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in done:
                 visit(nxt, stack + [nxt])
         done.add(node)
@@ -80,9 +80,11 @@ def test_imports_go_one_way_and_no_two_modules_import_each_other():
         if name not in done:
             visit(name, [name])
     # A package __init__ that re-exports its modules is not a circle with them.
-    cycles = [c for c in cycles
-              if not all(a.startswith(b + ".") or b.startswith(a + ".")
-                         for a, b in zip(c, c[1:]))]
+    cycles = [
+        c
+        for c in cycles
+        if not all(a.startswith(b + ".") or b.startswith(a + ".") for a, b in zip(c, c[1:]))
+    ]
     assert cycles == []
 
 
@@ -90,11 +92,14 @@ def test_the_public_api_resolves_and_import_train_loads_no_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, train; assert 'tensorflow' not in sys.modules; "
-            "missing = [n for n in train.__all__ if getattr(train, n, None) is None]; "
-            "print(missing)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    code = (
+        "import sys, train; assert 'tensorflow' not in sys.modules; "
+        "missing = [n for n in train.__all__ if getattr(train, n, None) is None]; "
+        "print(missing)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
 
@@ -107,6 +112,5 @@ def test_the_tree_passes_ruff():
     ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
     assert ruff, "ruff is in the test extra (setup.cfg)"
     for args in (["check", "."],):
-        out = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-1000:]

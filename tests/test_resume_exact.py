@@ -26,9 +26,24 @@ from conftest import REPO, harness_env
 pytestmark = pytest.mark.slow
 STEPS = 180
 SPC = 6  # steps per compiled call
-FLAGS = ["--dataset", "synthetic", "--batch-size", "32", "--steps-per-call", str(SPC),
-         "--checkpoint-every", "6", "--log-every", "6", "--eval-every", "0", "--keep", "2",
-         "--no-export", "--deterministic"]
+FLAGS = [
+    "--dataset",
+    "synthetic",
+    "--batch-size",
+    "32",
+    "--steps-per-call",
+    str(SPC),
+    "--checkpoint-every",
+    "6",
+    "--log-every",
+    "6",
+    "--eval-every",
+    "0",
+    "--keep",
+    "2",
+    "--no-export",
+    "--deterministic",
+]
 MIRRORED = ["--strategy", "mirrored", "--replicas", "2"]
 
 
@@ -53,9 +68,22 @@ class Life:
         self.log = open(f"{workdir}.log", "a", encoding="utf-8")
         self.first_line = count_lines(self.record)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "train", "--workdir", self.workdir, "--steps", str(steps),
-             *FLAGS, *flags], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-            env=harness_env(HARNESS_RECORD_INDICES=self.record))
+            [
+                sys.executable,
+                "-m",
+                "train",
+                "--workdir",
+                self.workdir,
+                "--steps",
+                str(steps),
+                *FLAGS,
+                *flags,
+            ],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=harness_env(HARNESS_RECORD_INDICES=self.record),
+        )
 
     def steps_done(self):
         return count_lines(self.record) - self.first_line
@@ -122,16 +150,23 @@ def events(workdir, name):
 def checkpoint_tensors(workdir, step):
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", cf.ckpt_name(step),
-                                                   cf.STATE_PREFIX))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if "OBJECT_GRAPH" not in name}
+    reader = tf.train.load_checkpoint(
+        os.path.join(workdir, "checkpoints", cf.ckpt_name(step), cf.STATE_PREFIX)
+    )
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if "OBJECT_GRAPH" not in name
+    }
 
 
 def assert_bitwise_equal(a, b):
     assert sorted(a) == sorted(b)
-    different = [k for k in a if a[k].dtype != b[k].dtype
-                 or np.asarray(a[k]).tobytes() != np.asarray(b[k]).tobytes()]
+    different = [
+        k
+        for k in a
+        if a[k].dtype != b[k].dtype or np.asarray(a[k]).tobytes() != np.asarray(b[k]).tobytes()
+    ]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
@@ -150,7 +185,8 @@ def assert_checkpoints_intact(workdir):
     resume = cf.parse_step(pointer) if pointer else (steps[-1] if steps else None)
     assert resume in steps or resume is None
     caught = any(n.startswith(cf.TMP_PREFIX) for n in names) or (
-        bool(steps) and (pointer is None or resume != steps[-1]))
+        bool(steps) and (pointer is None or resume != steps[-1])
+    )
     return resume, caught
 
 
@@ -166,9 +202,11 @@ class Uninterrupted:
     def result(self):
         if self._result is None:
             assert self.life.finish() == 0, self.life.tail()
-            self._result = {"records": read_records(self.life.record),
-                            "tensors": checkpoint_tensors(self.workdir, self.steps),
-                            "digest": events(self.workdir, "finished")[-1]["weights_sha256"]}
+            self._result = {
+                "records": read_records(self.life.record),
+                "tensors": checkpoint_tensors(self.workdir, self.steps),
+                "digest": events(self.workdir, "finished")[-1]["weights_sha256"],
+            }
         return self._result
 
 
@@ -193,9 +231,15 @@ def storm(tmp_path_factory, reference):
         life.proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         code = life.finish()
-        lives.append({"code": code, "exit_s": time.monotonic() - sent, "log": life.tail(),
-                      "latest": assert_checkpoints_intact(workdir)[0],
-                      "steps": life.steps_done()})
+        lives.append(
+            {
+                "code": code,
+                "exit_s": time.monotonic() - sent,
+                "log": life.tail(),
+                "latest": assert_checkpoints_intact(workdir)[0],
+                "steps": life.steps_done(),
+            }
+        )
     last = Life(workdir, f"{workdir}.record")
     assert last.finish() == 0, last.tail()
     return {"workdir": workdir, "lives": lives, "records": read_records(f"{workdir}.record")}
@@ -216,9 +260,12 @@ def test_sigterm_exits_42_within_seconds_after_a_complete_save(storm):
         assert life["exit_s"] < 15, life["log"]
         assert life["latest"] == row["step"]  # the stop step is saved: 0 steps lost
     assert storm["lives"][0]["steps"] == 1  # signalled during set-up: one step, then stop
-    print("\nsignal -> exit 42 (s):", [round(life["exit_s"], 2) for life in storm["lives"]],
-          "\nsignal -> compiled call returned (s):",
-          [r.get("signal_to_stop_s") for r in preempted])
+    print(
+        "\nsignal -> exit 42 (s):",
+        [round(life["exit_s"], 2) for life in storm["lives"]],
+        "\nsignal -> compiled call returned (s):",
+        [r.get("signal_to_stop_s") for r in preempted],
+    )
 
 
 def test_preemption_storm_executes_exactly_the_target_steps(storm):
@@ -263,7 +310,8 @@ def kill_life(life, mode, rng, checkpoints):
     else:
         life.wait_steps(rng.randint(4, 16))
         while life.proc.poll() is None and not any(
-                n.startswith(cf.TMP_PREFIX) for n in os.listdir(checkpoints)):
+            n.startswith(cf.TMP_PREFIX) for n in os.listdir(checkpoints)
+        ):
             time.sleep(0.001)
     life.proc.kill()
     return life.finish()
@@ -281,8 +329,9 @@ def test_kill_9_at_random_times_resumes_bitwise_exact(tmp_path, reference):
         life = Life(workdir, record, *(["--async-checkpoint"] if i % 2 else []))
         if mode == "save":
             life.wait_steps(1)  # this process's leftover cleanup is done
-        assert kill_life(life, mode, rng, workdir / "checkpoints") == -signal.SIGKILL, \
-            life.tail()  # not finished before the kill
+        assert kill_life(life, mode, rng, workdir / "checkpoints") == -signal.SIGKILL, (
+            life.tail()
+        )  # not finished before the kill
         killed += 1
         mine = [step for step, _ in read_records(record, skip=life.first_line)]
         rows = events(workdir, "resume")[rows_before:] if mine else []
@@ -302,8 +351,10 @@ def test_kill_9_at_random_times_resumes_bitwise_exact(tmp_path, reference):
         assert by_step.setdefault(step, indices) == indices
     assert sorted(by_step.items()) == reference.result()["records"]
     assert_bitwise_equal(checkpoint_tensors(workdir, STEPS), reference.result()["tensors"])
-    print(f"\nkills: {killed}, caught inside a save: {midway}; resumes (restored, reported "
-          f"lost, true lost, time to resume s): {resumes}")
+    print(
+        f"\nkills: {killed}, caught inside a save: {midway}; resumes (restored, reported "
+        f"lost, true lost, time to resume s): {resumes}"
+    )
 
 
 def check_resumed(rows, latest, previous, mine):

@@ -7,20 +7,42 @@ import pytest
 
 from conftest import read_metrics, run_module, tree_snapshot
 
-SMALL = ["--batch-size", "32", "--log-every", "5", "--checkpoint-every", "10",
-         "--eval-every", "0", "--steps-per-call", "5"]
-ROW_KEYS = {"step", "epoch", "loss", "accuracy", "learning_rate", "images_per_sec",
-            "steps_per_sec", "rss_bytes", "cpu_percent", "wall_time"}
+SMALL = [
+    "--batch-size",
+    "32",
+    "--log-every",
+    "5",
+    "--checkpoint-every",
+    "10",
+    "--eval-every",
+    "0",
+    "--steps-per-call",
+    "5",
+]
+ROW_KEYS = {
+    "step",
+    "epoch",
+    "loss",
+    "accuracy",
+    "learning_rate",
+    "images_per_sec",
+    "steps_per_sec",
+    "rss_bytes",
+    "cpu_percent",
+    "wall_time",
+}
 
 
 def train(workdir, data_dir, *flags, exit_code=0):
-    return run_module("train", "--workdir", workdir, "--data-dir", data_dir, *SMALL, *flags,
-                      check_exit=exit_code)
+    return run_module(
+        "train", "--workdir", workdir, "--data-dir", data_dir, *SMALL, *flags, check_exit=exit_code
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", [["--strategy", "default"],
-                                      ["--strategy", "mirrored", "--replicas", "2"]])
+@pytest.mark.parametrize(
+    "strategy", [["--strategy", "default"], ["--strategy", "mirrored", "--replicas", "2"]]
+)
 def test_trains_saves_exports_then_resumes_with_more_steps(tmp_path, data_dir, strategy):
     workdir = tmp_path / "run"
     first = train(workdir, data_dir, "--steps", "20", *strategy)
@@ -39,7 +61,7 @@ def test_trains_saves_exports_then_resumes_with_more_steps(tmp_path, data_dir, s
     resume = [r for r in rows if r.get("event") == "resume"]
     assert len(resume) == 1 and resume[0]["restored_step"] == 20
     assert resume[0]["time_to_resume_s"] > 0
-    after = [r["step"] for r in rows[rows.index(resume[0]):] if "loss" in r]
+    after = [r["step"] for r in rows[rows.index(resume[0]) :] if "loss" in r]
     assert after == [25, 30]
 
 
@@ -50,7 +72,8 @@ def test_mirrored_with_one_replica_trains_bitwise_as_the_default_strategy(tmp_pa
         return re.search(r"weights_sha256=(\w+)", out.stdout).group(1)
 
     assert final_weights("d", "--strategy", "default") == final_weights(
-        "m", "--strategy", "mirrored", "--replicas", "1")
+        "m", "--strategy", "mirrored", "--replicas", "1"
+    )
 
 
 @pytest.mark.slow
@@ -75,14 +98,17 @@ def test_other_model_on_a_used_workdir_is_refused_untouched(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags, fragment", [
-    (["--dataset", "imagenet_nope"], "unknown dataset"),
-    (["--dataset", "mnist"], "not prepared"),
-    (["--steps", "0"], "--steps must be positive"),
-    (["--batch-size", "-1"], "--batch-size must be positive"),
-    (["--config", "/nonexistent.yaml"], "cannot read"),
-    (["--strategy", "mirrored", "--replicas", "2", "--batch-size", "33"], "evenly"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--dataset", "imagenet_nope"], "unknown dataset"),
+        (["--dataset", "mnist"], "not prepared"),
+        (["--steps", "0"], "--steps must be positive"),
+        (["--batch-size", "-1"], "--batch-size must be positive"),
+        (["--config", "/nonexistent.yaml"], "cannot read"),
+        (["--strategy", "mirrored", "--replicas", "2", "--batch-size", "33"], "evenly"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, flags, fragment):
     proc = train(tmp_path / "run", data_dir, "--steps", "5", *flags, exit_code=2)
     lines = proc.stderr.strip().splitlines()
@@ -98,8 +124,19 @@ def test_init_from_a_whole_model_file_starts_from_its_weights(tmp_path, data_dir
     train(first, data_dir, "--steps", "100", "--batch-size", "128", "--learning-rate", "0.003")
     trained = [r for r in read_metrics(first) if "eval_loss" in r][-1]["eval_loss"]
     second = tmp_path / "second"  # a vanishing learning rate: eval shows the loaded weights
-    train(second, data_dir, "--steps", "1", "--optimizer", "sgd", "--learning-rate", "1e-12",
-          "--no-export", "--init-from", first / "export" / "model.keras")
+    train(
+        second,
+        data_dir,
+        "--steps",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "1e-12",
+        "--no-export",
+        "--init-from",
+        first / "export" / "model.keras",
+    )
     loaded = [r for r in read_metrics(second) if "eval_loss" in r][-1]["eval_loss"]
     assert loaded == pytest.approx(trained, abs=1e-4)
     assert abs(trained - 2.3026) > 0.01  # not the loss of an untrained 10-class model

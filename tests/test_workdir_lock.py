@@ -30,8 +30,10 @@ def test_stale_holder_text_is_taken_over(tmp_path):
 
 
 def test_kill_9_leaves_no_stale_lock(tmp_path):
-    code = ("import sys,time; from train.workdir_lock import WorkdirLock; "
-            f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys,time; from train.workdir_lock import WorkdirLock; "
+        f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     with pytest.raises(UsageError):
@@ -41,14 +43,20 @@ def test_kill_9_leaves_no_stale_lock(tmp_path):
     WorkdirLock(str(tmp_path)).acquire().release()
 
 
-HOLD_UNTIL_EOF = ("import sys; from train.workdir_lock import WorkdirLock; "
-                  "lock = WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
-                  "sys.stdin.read(); lock.release()")
+HOLD_UNTIL_EOF = (
+    "import sys; from train.workdir_lock import WorkdirLock; "
+    "lock = WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
+    "sys.stdin.read(); lock.release()"
+)
 
 
 def _holder(path):
-    child = subprocess.Popen([sys.executable, "-c", HOLD_UNTIL_EOF, str(path)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_UNTIL_EOF, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout.readline().strip() == "held"
     return child
 
@@ -84,12 +92,33 @@ def test_a_second_harness_train_on_a_held_workdir_exits_2_and_changes_nothing(tm
     from conftest import harness_env, read_metrics, run_module
 
     workdir = tmp_path / "run"
-    flags = ["--workdir", workdir, "--dataset", "synthetic", "--steps", "100000",
-             "--batch-size", "16", "--steps-per-call", "1", "--log-every", "1",
-             "--checkpoint-every", "2", "--eval-every", "0", "--no-export"]
-    first = subprocess.Popen([sys.executable, "-m", "train", *map(str, flags)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env=harness_env(), cwd=os.path.dirname(os.path.dirname(__file__)))
+    flags = [
+        "--workdir",
+        workdir,
+        "--dataset",
+        "synthetic",
+        "--steps",
+        "100000",
+        "--batch-size",
+        "16",
+        "--steps-per-call",
+        "1",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--eval-every",
+        "0",
+        "--no-export",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "train", *map(str, flags)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=harness_env(),
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     try:
         while not os.path.isdir(workdir / "checkpoints" / "ckpt-00000002"):
             assert first.poll() is None, first.stderr.read()[-2000:]

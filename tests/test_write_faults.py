@@ -31,10 +31,29 @@ def float32_policy_after():
 
 
 def train(path, steps, *extra):
-    return train_main(["--workdir", str(path), "--dataset", "synthetic", "--steps", str(steps),
-                       "--batch-size", "16", "--steps-per-call", "2", "--log-every", "2",
-                       "--checkpoint-every", "2", "--eval-every", "0", "--precision", "fp32",
-                       *extra])
+    return train_main(
+        [
+            "--workdir",
+            str(path),
+            "--dataset",
+            "synthetic",
+            "--steps",
+            str(steps),
+            "--batch-size",
+            "16",
+            "--steps-per-call",
+            "2",
+            "--log-every",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--eval-every",
+            "0",
+            "--precision",
+            "fp32",
+            *extra,
+        ]
+    )
 
 
 def latest_step(path):

@@ -1,4 +1,5 @@
 """python -m train  ==  harness-train"""
+
 import sys
 
 from train.cli import train_main

@@ -32,8 +32,9 @@ TASK_TYPES = ("chief", "worker")
 
 def tf_config(addresses, index):
     """TF_CONFIG of worker `index`; worker 0 is the chief (no separate 'chief' task)."""
-    return json.dumps({"cluster": {"worker": list(addresses)},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}}
+    )
 
 
 def existing_tf_config(env):
@@ -49,11 +50,15 @@ def existing_tf_config(env):
         if not all(isinstance(tasks, list) for tasks in lists) or not any(lists):
             raise TypeError("cluster.chief/cluster.worker must be lists of host:port")
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise UsageError("TF_CONFIG in the environment is malformed: expected JSON with "
-                         "cluster.worker (a list of host:port) and task.type/task.index") from None
+        raise UsageError(
+            "TF_CONFIG in the environment is malformed: expected JSON with "
+            "cluster.worker (a list of host:port) and task.type/task.index"
+        ) from None
     if task_type not in TASK_TYPES or not 0 <= index < len(cluster.get(task_type, [])):
-        raise UsageError(f"TF_CONFIG in the environment is malformed: task {task_type}:"
-                         f"{index} is not in its cluster")
+        raise UsageError(
+            f"TF_CONFIG in the environment is malformed: task {task_type}:"
+            f"{index} is not in its cluster"
+        )
     return config
 
 

@@ -7,7 +7,6 @@ dataset (its existence, `--epochs` -> steps) happen in `train.run` before the wo
 too. Errors are `UsageError`s whose one-line message names the flag.
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -15,13 +14,15 @@ import os
 import signal
 from typing import Optional
 
-from train.errors import ArgumentParser, UsageError, first_line
-
-STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
-OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop")
-PRECISIONS = ("auto", "fp32", "mixed_float16", "mixed_bfloat16")
-DEFAULT_DATASET = "shapes10"  # built locally: the default needs no download
-NONFINITE_POLICIES = ("stop", "skip")  # train.loops.nonfinite
+from train.errors import UsageError, first_line
+from train.flags import (  # noqa: F401  (the names of choices are part of this API)
+    DEFAULT_DATASET,
+    NONFINITE_POLICIES,
+    OPTIMIZERS,
+    PRECISIONS,
+    STRATEGIES,
+    parser_for,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,74 +63,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-HELP = {
-    "workdir": "run directory: checkpoints/, metrics.jsonl, tensorboard/, export/; "
-               "rerunning resumes",
-    "dataset": "'shapes10' (built-in, made locally), 'synthetic' (random tensors) or a TFDS "
-               "image-classification dataset prepared in --data-dir (cifar10, mnist, ...)",
-    "data_dir": "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
-    "model": "model from the registry: cnn (the seed article's CNN) or resnet20",
-    "steps": "total training steps (global); a rerun with a larger value extends the run",
-    "epochs": "train this many passes over the training split instead of --steps",
-    "batch_size": "global batch size, split evenly across all replicas",
-    "learning_rate": "peak learning rate",
-    "optimizer": f"one of {', '.join(OPTIMIZERS)}",
-    "warmup_steps": "linear learning-rate warmup over this many steps",
-    "scale_lr": "multiply the learning rate by the number of workers (Horovod convention)",
-    "augment": "random crop and flip of training images (--no-augment to disable)",
-    "strategy": "auto picks multiworker under TF_CONFIG, mirrored with >1 GPU, else default",
-    "horovod_fp16_allreduce": "horovod: all-reduce the gradients in float16 (half the traffic)",
-    "replicas": "mirrored: number of GPUs to use, or of logical CPU devices on a host without GPUs",
-    "steps_per_call": "training steps per compiled call (the loop still stops within one step "
-                      "on preemption)",
-    "checkpoint_every": "save a checkpoint every N steps (and always at the end)",
-    "keep": "number of newest checkpoints kept",
-    "keep_every_hours": "also keep one checkpoint per this many hours forever",
-    "async_checkpoint": "write checkpoints in a background thread; training blocks only to "
-                        "copy the variables to host memory",
-    "eval_every": "evaluate on the test split every N steps (0: only at the end)",
-    "log_every": "log a line and a metrics.jsonl row every N steps",
-    "seed": "seed for initialisation, data order and augmentation",
-    "deterministic": "bitwise-reproducible run: seeds everything and enables "
-                     "tf.config.experimental.enable_op_determinism",
-    "precision": f"one of {', '.join(PRECISIONS)}; auto: mixed_bfloat16 on hardware with "
-                 "bfloat16 matrix units (AMX CPUs, Ampere+ GPUs), else fp32; mixed_float16 "
-                 "uses dynamic loss scaling",
-    "jit_compile": "compile the train step with XLA",
-    "init_from": "start a new run from a whole-model file (model.keras): weights and optimizer",
-    "preemption_signals": "comma-separated signals that request a save and exit 42",
-    "export": "write export/ (model.keras, model.weights.h5, saved_model/) at the end",
-    "on_nonfinite": "a step whose loss or gradients are NaN/Inf is never applied; stop: "
-                    "end the run there with exit 1 (no save: the last good checkpoint stays "
-                    "latest); skip: drop that step's update, count it, go on",
-    "max_nonfinite_skips": "--on-nonfinite skip: stop as 'stop' after this many "
-                           "consecutive non-finite steps",
-}
-
-
 def build_parser():
-    parser = ArgumentParser(
-        prog="harness-train",
-        description="Train a Keras model on a TFDS dataset with tf.distribute or Horovod.",
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", help="YAML or JSON file with the same keys as the flags")
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = field.default if field.default is not dataclasses.MISSING else None
-        shown = "" if field.name == "workdir" else f" (default: {_show(default)})"
-        text = HELP[field.name] + shown
-        if field.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            parser.add_argument(flag, metavar=field.name.upper(), help=text)
-    return parser
-
-
-def _show(value):
-    if isinstance(value, tuple):
-        return ",".join(value)
-    return value
+    return parser_for(TrainConfig)
 
 
 def load_config_file(path):
@@ -194,8 +129,10 @@ def parse_args(argv):
     values = {}
     config_path = args.pop("config", None)
     if config_path is not None:
-        from_file = {k: _coerce(k, v, f"--config {config_path}")
-                     for k, v in load_config_file(config_path).items()}
+        from_file = {
+            k: _coerce(k, v, f"--config {config_path}")
+            for k, v in load_config_file(config_path).items()
+        }
         values.update(_run_length(from_file, f"--config {config_path}: "))
     # A length given as a flag replaces the file's, whichever of the two each names.
     values.update(_run_length({k: _coerce(k, v, "flag") for k, v in args.items()}, ""))
@@ -234,38 +171,64 @@ def _positive(config, name, allow_zero=False, allow_none=False):
 
 def validate(config):
     """Check every field that can be checked without the dataset."""
-    from train import models
+    _check_length(config)
+    _check_numbers(config)
+    _check_names(config)
+    _check_combinations(config)
+    check_workdir(config.workdir)
 
+
+def _check_length(config):
     if config.steps is not None and config.epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
     if config.steps is None and config.epochs is None:
         raise UsageError("--steps or --epochs is required")
+
+
+def _check_numbers(config):
     for name in ("steps", "epochs", "replicas", "keep_every_hours"):
         _positive(config, name, allow_none=True)
-    for name in ("batch_size", "learning_rate", "steps_per_call", "checkpoint_every", "keep",
-                 "log_every", "max_nonfinite_skips"):
+    for name in (
+        "batch_size",
+        "learning_rate",
+        "steps_per_call",
+        "checkpoint_every",
+        "keep",
+        "log_every",
+        "max_nonfinite_skips",
+    ):
         _positive(config, name)
     for name in ("eval_every", "warmup_steps", "seed"):
         _positive(config, name, allow_zero=True)
-    for name, choices in (("strategy", STRATEGIES), ("optimizer", OPTIMIZERS),
-                          ("precision", PRECISIONS), ("on_nonfinite", NONFINITE_POLICIES)):
+
+
+def _check_names(config):
+    from train import models
+
+    for name, choices in (
+        ("strategy", STRATEGIES),
+        ("optimizer", OPTIMIZERS),
+        ("precision", PRECISIONS),
+        ("on_nonfinite", NONFINITE_POLICIES),
+        ("model", sorted(models.MODELS)),
+    ):
         if getattr(config, name) not in choices:
-            raise UsageError(f"--{name.replace('_', '-')}: unknown {name.replace('_', ' ')} "
-                             f"{getattr(config, name)!r}; "
-                             f"choose one of: {', '.join(choices)}")
-    if config.model not in models.MODELS:
-        raise UsageError(f"--model: unknown model {config.model!r}; "
-                         f"choose one of: {', '.join(sorted(models.MODELS))}")
+            raise UsageError(
+                f"--{name.replace('_', '-')}: unknown {name.replace('_', ' ')} "
+                f"{getattr(config, name)!r}; choose one of: {', '.join(choices)}"
+            )
+    for name in config.preemption_signals:
+        if not isinstance(getattr(signal, name, None), signal.Signals):
+            raise UsageError(f"--preemption-signals: unknown signal {name!r}")
+
+
+def _check_combinations(config):
     if config.horovod_fp16_allreduce and config.strategy not in ("horovod", "auto"):
         raise UsageError("--horovod-fp16-allreduce applies to --strategy horovod only")
     if config.replicas is not None and config.strategy not in ("mirrored", "auto"):
         raise UsageError("--replicas applies to --strategy mirrored only")
-    for name in config.preemption_signals:
-        if not isinstance(getattr(signal, name, None), signal.Signals):
-            raise UsageError(f"--preemption-signals: unknown signal {name!r}")
     if config.init_from is not None and not os.path.isfile(config.init_from):
         raise UsageError(f"--init-from {config.init_from}: no such file")
-    check_workdir(config.workdir)
 
 
 def check_workdir(workdir):

@@ -25,9 +25,11 @@ _OLD = ".old-"
 
 def write_text(directory, name, text):
     """Atomically and durably replace directory/name with text; its path."""
+
     def write(path):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
+
     return write_file(directory, name, write)
 
 
@@ -76,8 +78,10 @@ def _commit_dir(tmp, final):
     """
     old = None
     if os.path.lexists(final):
-        old = os.path.join(os.path.dirname(final),
-                           f"{_OLD}{os.getpid()}-{uuid.uuid4().hex[:8]}-{os.path.basename(final)}")
+        old = os.path.join(
+            os.path.dirname(final),
+            f"{_OLD}{os.getpid()}-{uuid.uuid4().hex[:8]}-{os.path.basename(final)}",
+        )
         os.rename(final, old)
     os.rename(tmp, final)
     if old is not None:

@@ -32,16 +32,17 @@ def cnn(input_shape, num_classes):
 def _basic_block(x, filters, stride):
     layers = keras.layers
     shortcut = x
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_initializer="he_normal")(x)
+    y = layers.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal"
+    )(x)
     y = layers.BatchNormalization()(y)
     y = layers.ReLU()(y)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                      kernel_initializer="he_normal")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(y)
     y = layers.BatchNormalization()(y)
     if stride != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
-                                 kernel_initializer="he_normal")(shortcut)
+        shortcut = layers.Conv2D(
+            filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal"
+        )(shortcut)
         shortcut = layers.BatchNormalization()(shortcut)
     return layers.ReLU()(layers.Add()([y, shortcut]))
 

@@ -20,8 +20,10 @@ import tensorflow as tf
 from train import workdir as workdir_lib
 from train.errors import writing
 
-HEADER = (f"{'step':>14}  {'epoch':>6}  {'loss':>8}  {'acc':>6}  {'lr':>9}  "
-          f"{'img/s':>9}  {'steps/s':>8}  {'rss':>8}  {'cpu%':>5}  {'eta':>8}")
+HEADER = (
+    f"{'step':>14}  {'epoch':>6}  {'loss':>8}  {'acc':>6}  {'lr':>9}  "
+    f"{'img/s':>9}  {'steps/s':>8}  {'rss':>8}  {'cpu%':>5}  {'eta':>8}"
+)
 
 
 def _format_eta(seconds):
@@ -62,8 +64,10 @@ class Monitor:
             self._file.flush()
         step = row.get("step")
         if self._summary is not None and step is not None:
-            with writing(self._events_dir, tf.errors.OpError), \
-                    self._summary.as_default(step=int(step)):
+            with (
+                writing(self._events_dir, tf.errors.OpError),
+                self._summary.as_default(step=int(step)),
+            ):
                 for key, value in row.items():
                     if key in ("step", "wall_time", "event"):
                         continue
@@ -71,14 +75,33 @@ class Monitor:
                         tf.summary.scalar(key, value)
 
     def resources(self):
-        return {"rss_bytes": self.process.memory_info().rss,
-                "cpu_percent": self.process.cpu_percent(None)}
+        return {
+            "rss_bytes": self.process.memory_info().rss,
+            "cpu_percent": self.process.cpu_percent(None),
+        }
 
-    def log_train(self, *, step, epoch, loss, accuracy, learning_rate, images_per_sec,
-                  steps_per_sec, nonfinite=0):
-        row = {"step": step, "epoch": epoch, "loss": loss, "accuracy": accuracy,
-               "learning_rate": learning_rate, "images_per_sec": images_per_sec,
-               "steps_per_sec": steps_per_sec, **self.resources()}
+    def log_train(
+        self,
+        *,
+        step,
+        epoch,
+        loss,
+        accuracy,
+        learning_rate,
+        images_per_sec,
+        steps_per_sec,
+        nonfinite=0,
+    ):
+        row = {
+            "step": step,
+            "epoch": epoch,
+            "loss": loss,
+            "accuracy": accuracy,
+            "learning_rate": learning_rate,
+            "images_per_sec": images_per_sec,
+            "steps_per_sec": steps_per_sec,
+            **self.resources(),
+        }
         if nonfinite:  # steps of the interval skipped as non-finite (train.loops.nonfinite)
             row["nonfinite"] = nonfinite
         self.write(row)
@@ -87,14 +110,19 @@ class Monitor:
             f"{step:>7d}/{self.total_steps:<6d}  {epoch:6.2f}  {loss:8.4f}  {accuracy:6.4f}  "
             f"{learning_rate:9.3g}  {images_per_sec:9.1f}  {steps_per_sec:8.2f}  "
             f"{row['rss_bytes'] / 2**20:6.0f}MB  {row['cpu_percent']:5.0f}  {_format_eta(eta):>8}"
-            + (f"  nonfinite={nonfinite}" if nonfinite else ""), header=True)
+            + (f"  nonfinite={nonfinite}" if nonfinite else ""),
+            header=True,
+        )
         return row
 
     def log_eval(self, *, step, loss, accuracy, examples):
-        self.write({"step": step, "eval_loss": loss, "eval_accuracy": accuracy,
-                    "eval_examples": examples})
-        self.print_line(f"{'eval':>14}  step {step}  eval_loss {loss:.4f}  "
-                        f"eval_accuracy {accuracy:.4f}  ({examples} examples)")
+        self.write(
+            {"step": step, "eval_loss": loss, "eval_accuracy": accuracy, "eval_examples": examples}
+        )
+        self.print_line(
+            f"{'eval':>14}  step {step}  eval_loss {loss:.4f}  "
+            f"eval_accuracy {accuracy:.4f}  ({examples} examples)"
+        )
 
     def event(self, name, **fields):
         self.write({"event": name, **fields})
@@ -140,4 +168,3 @@ def process_age_s():
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return time.time() - psutil.Process().create_time()
-

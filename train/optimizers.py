@@ -75,7 +75,8 @@ def init_from_keras_file(path, model, optimizer):
         loaded = keras.models.load_model(path, compile=True)
     except Exception as e:  # Keras raises ValueError/OSError/zipfile errors for bad files
         raise UsageError(
-            f"--init-from {path}: not a loadable Keras model ({first_line(e)})") from None
+            f"--init-from {path}: not a loadable Keras model ({first_line(e)})"
+        ) from None
     _copy(loaded.weights, model.weights, f"--init-from {path}: model does not fit")
     source = getattr(loaded, "optimizer", None)
     if source is not None and len(source.variables) == len(optimizer.variables):
@@ -87,7 +88,8 @@ def _copy(sources, targets, message):
         raise UsageError(f"{message} ({len(sources)} variables, expected {len(targets)})")
     for src, dst in zip(sources, targets):
         if tuple(src.shape) != tuple(dst.shape):
-            raise UsageError(f"{message} ({src.path} has shape {tuple(src.shape)}, "
-                             f"expected {tuple(dst.shape)})")
+            raise UsageError(
+                f"{message} ({src.path} has shape {tuple(src.shape)}, expected {tuple(dst.shape)})"
+            )
     for src, dst in zip(sources, targets):
         dst.assign(np.asarray(src))

@@ -22,16 +22,20 @@ from train.monitor import process_age_s
 def check_checkpoint_identity(meta, restored, identity):
     for key in ("model", "dataset"):
         if key in meta and meta[key] != identity[key]:
-            raise UsageError(f"checkpoint at step {restored} was made with {key}={meta[key]!r}, "
-                             f"not {identity[key]!r}; use another --workdir")
+            raise UsageError(
+                f"checkpoint at step {restored} was made with {key}={meta[key]!r}, "
+                f"not {identity[key]!r}; use another --workdir"
+            )
 
 
 def check_same_batch(meta, restored, config):
     batch = meta.get("batch_size")
     if batch is not None and batch != config.batch_size:
-        raise UsageError(f"checkpoint at step {restored} was made with --batch-size {batch}, "
-                         f"not {config.batch_size}; resume with --batch-size {batch} (the "
-                         "global batch must stay: the data position is counted in its steps)")
+        raise UsageError(
+            f"checkpoint at step {restored} was made with --batch-size {batch}, "
+            f"not {config.batch_size}; resume with --batch-size {batch} (the "
+            "global batch must stay: the data position is counted in its steps)"
+        )
 
 
 def adopt_world_size(parts, meta):
@@ -42,10 +46,12 @@ def adopt_world_size(parts, meta):
     before = (meta.get("num_workers"), meta.get("num_replicas"))
     now = (backend.num_workers, backend.num_replicas)
     if before[0] is not None and before != now:
-        changes.update(workers_before=before[0], replicas_before=before[1],
-                       workers=now[0], replicas=now[1])
-    moved = optimizers.adopt_configured_rate(optimizer, parts.config,
-                                             num_workers=backend.num_workers)
+        changes.update(
+            workers_before=before[0], replicas_before=before[1], workers=now[0], replicas=now[1]
+        )
+    moved = optimizers.adopt_configured_rate(
+        optimizer, parts.config, num_workers=backend.num_workers
+    )
     if moved is not None:
         changes.update(learning_rate_before=moved[0], learning_rate=moved[1])
     return changes
@@ -63,6 +69,7 @@ def first_step_rows(monitor, workdir, restored, start, changes=None):
         monitor.write({"event": "start", "step": start})
         if report_resume is not None:
             report_resume()
+
     return write
 
 
@@ -86,9 +93,16 @@ def resume_reporter(monitor, workdir, restored, changes=None):
     started = time.monotonic() - process_age_s()
 
     def report():
-        monitor.event("resume", step=step, restored_step=step, steps_lost=lost,
-                      previous_end=end, time_to_resume_s=round(time.monotonic() - started, 3),
-                      **(changes or {}))
+        monitor.event(
+            "resume",
+            step=step,
+            restored_step=step,
+            steps_lost=lost,
+            previous_end=end,
+            time_to_resume_s=round(time.monotonic() - started, 3),
+            **(changes or {}),
+        )
+
     return report
 
 

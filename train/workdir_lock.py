@@ -64,10 +64,13 @@ class WorkdirLock:
                 raise UsageError(
                     f"--workdir {self.workdir} is in use by pid {h.get('pid', '?')} on host "
                     f"{h.get('host', '?')} since {h.get('since', '?')} (another harness-train "
-                    "holds it); wait for it to end or use another --workdir") from None
-            raise UsageError(f"--workdir {self.workdir}: cannot lock {LOCK_FILE} "
-                             f"({os.strerror(e.errno)}); this filesystem does not support "
-                             "locking, use another --workdir") from None
+                    "holds it); wait for it to end or use another --workdir"
+                ) from None
+            raise UsageError(
+                f"--workdir {self.workdir}: cannot lock {LOCK_FILE} "
+                f"({os.strerror(e.errno)}); this filesystem does not support "
+                "locking, use another --workdir"
+            ) from None
         since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since})
         os.ftruncate(fd, 0)

@@ -16,13 +16,22 @@ C1, C2, DATA = "ckpt-00000001", "ckpt-00000002", ["state.data-00000-of-00001", "
 
 def tiny_state(units=3):
     """Dense + Dropout (SeedGenerator state) + BatchNorm (moving stats) + built Adam + step."""
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units),
-                              keras.layers.Dropout(0.5), keras.layers.BatchNormalization(),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(units),
+            keras.layers.Dropout(0.5),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(2),
+        ]
+    )
     optimizer = keras.optimizers.Adam()
     optimizer.build(model.trainable_variables)
-    return {"model": model.variables, "optimizer": optimizer.variables,
-            "train": [tf.Variable(0, dtype=tf.int64)]}
+    return {
+        "model": model.variables,
+        "optimizer": optimizer.variables,
+        "train": [tf.Variable(0, dtype=tf.int64)],
+    }
 
 
 def fill(state, seed):
@@ -53,9 +62,14 @@ def assert_values(state, expected):
 
 def manager(directory, state, *, chief=True, clock=None, **options):
     extra = {"clock": clock} if clock else {}
-    return CheckpointManager(directory=directory, state=state, is_chief=chief,
-                             meta={"model": "tiny"}, options=CheckpointOptions(**options),
-                             **extra)
+    return CheckpointManager(
+        directory=directory,
+        state=state,
+        is_chief=chief,
+        meta={"model": "tiny"},
+        options=CheckpointOptions(**options),
+        **extra,
+    )
 
 
 def leftovers(directory):

@@ -42,10 +42,16 @@ FAULT_SCRIPT = textwrap.dedent("""
 
 
 def run_fault_script(directory, phase, mode):
-    env = dict(os.environ, HARNESS_CHECKPOINT_FAULT=phase, PYTHONPATH=REPO,
-               TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-c", FAULT_SCRIPT, directory, mode], env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ, HARNESS_CHECKPOINT_FAULT=phase, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", FAULT_SCRIPT, directory, mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def on_disk(ckdir):
@@ -53,22 +59,31 @@ def on_disk(ckdir):
     names = sorted(os.listdir(ckdir))
     with open(os.path.join(ckdir, "latest")) as f:
         pointer = f.read().strip()
-    return (pointer, [n for n in names if n.startswith("ckpt-")],
-            [sorted(os.listdir(os.path.join(ckdir, n))) for n in names
-             if n.startswith(".tmp-ckpt-00000002-")],
-            len([n for n in names if n.startswith(".tmp-deleting-ckpt-00000001-")]))
+    return (
+        pointer,
+        [n for n in names if n.startswith("ckpt-")],
+        [
+            sorted(os.listdir(os.path.join(ckdir, n)))
+            for n in names
+            if n.startswith(".tmp-ckpt-00000002-")
+        ],
+        len([n for n in names if n.startswith(".tmp-deleting-ckpt-00000001-")]),
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase,mode,crashed,expected", [
-    ("before_data", "sync", (C1, [C1], [[]], 0), 1),
-    ("after_data", "async", (C1, [C1], [DATA], 0), 1),
-    ("before_rename", "sync", (C1, [C1], [["manifest.json"] + DATA], 0), 1),
-    ("before_pointer", "sync", (C1, [C1, C2], [], 0), 1),
-    ("after_pointer", "async", (C2, [C1, C2], [], 0), 2),
-    ("during_retention", "sync", (C2, [C2], [], 1), 2)])
-def test_crash_at_each_phase_keeps_a_restorable_checkpoint(ckdir, phase, mode, crashed,
-                                                           expected):
+@pytest.mark.parametrize(
+    "phase,mode,crashed,expected",
+    [
+        ("before_data", "sync", (C1, [C1], [[]], 0), 1),
+        ("after_data", "async", (C1, [C1], [DATA], 0), 1),
+        ("before_rename", "sync", (C1, [C1], [["manifest.json"] + DATA], 0), 1),
+        ("before_pointer", "sync", (C1, [C1, C2], [], 0), 1),
+        ("after_pointer", "async", (C2, [C1, C2], [], 0), 2),
+        ("during_retention", "sync", (C2, [C2], [], 1), 2),
+    ],
+)
+def test_crash_at_each_phase_keeps_a_restorable_checkpoint(ckdir, phase, mode, crashed, expected):
     done = run_fault_script(ckdir, phase, mode)
     assert done.returncode == faults.FAULT_EXIT_CODE, done.stderr[-2000:]
     assert on_disk(ckdir) == crashed

@@ -28,7 +28,8 @@ def test_the_checkpoint_writer_refuses_nonfinite_variables(tmp_path):
 
 
 def test_a_restore_of_a_nonfinite_checkpoint_falls_back_to_the_previous_one(
-        tmp_path, monkeypatch, caplog):
+    tmp_path, monkeypatch, caplog
+):
     v = tf.Variable([1.0, 2.0], name="w")
     with CheckpointManager(directory=tmp_path, state={"model": [v]}, is_chief=True) as m:
         m.save(1)

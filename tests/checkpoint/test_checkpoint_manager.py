@@ -33,8 +33,11 @@ def test_cnn_adam_round_trip_into_fresh_model(ckdir):
         model = models.build("cnn", (32, 32, 3), 10)
         optimizer = keras.optimizers.Adam()
         optimizer.build(model.trainable_variables)
-        return {"model": model.variables, "optimizer": optimizer.variables,
-                "train": [tf.Variable(0, dtype=tf.int64)]}
+        return {
+            "model": model.variables,
+            "optimizer": optimizer.variables,
+            "train": [tf.Variable(0, dtype=tf.int64)],
+        }
 
     state = build()
     fill(state, seed=7)
@@ -52,7 +55,8 @@ def test_cnn_adam_round_trip_into_fresh_model(ckdir):
     # The files are plain tf.train.Checkpoint files: they restore without this module.
     other = build()
     tf.train.Checkpoint(**{g: list(vs) for g, vs in other.items()}).read(
-        os.path.join(ckdir, "ckpt-00000100", "state")).assert_consumed()
+        os.path.join(ckdir, "ckpt-00000100", "state")
+    ).assert_consumed()
     assert_values(other, values(state))
 
 

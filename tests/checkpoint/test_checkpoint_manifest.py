@@ -24,14 +24,17 @@ from train.errors import CheckpointError  # noqa: E402
 pytest_plugins = ["checkpoint_helpers"]  # the fixtures ckdir, two_saved
 
 
-@pytest.mark.parametrize("damage,expected,named", [
-    (truncate_data, 1, "ckpt-00000002"),
-    (flip_data_bytes, 1, "ckpt-00000002"),
-    (lambda p: os.unlink(os.path.join(p, "manifest.json")), 1, "ckpt-00000002"),
-    (lambda p: write_pointer(os.path.dirname(p), "garbage!"), 2, "garbage"),
-    (lambda p: write_pointer(os.path.dirname(p), ""), 2, "empty"),
-    (lambda p: write_pointer(os.path.dirname(p), "ckpt-00000009\n"), 2, "ckpt-00000009"),
-])
+@pytest.mark.parametrize(
+    "damage,expected,named",
+    [
+        (truncate_data, 1, "ckpt-00000002"),
+        (flip_data_bytes, 1, "ckpt-00000002"),
+        (lambda p: os.unlink(os.path.join(p, "manifest.json")), 1, "ckpt-00000002"),
+        (lambda p: write_pointer(os.path.dirname(p), "garbage!"), 2, "garbage"),
+        (lambda p: write_pointer(os.path.dirname(p), ""), 2, "empty"),
+        (lambda p: write_pointer(os.path.dirname(p), "ckpt-00000009\n"), 2, "ckpt-00000009"),
+    ],
+)
 def test_damage_falls_back_with_a_warning(ckdir, two_saved, caplog, damage, expected, named):
     damage(os.path.join(ckdir, "ckpt-00000002"))
     state = tiny_state()
@@ -57,7 +60,8 @@ def test_data_shard_is_checked_by_tensor_crcs_and_format_1_still_reads(ckdir, tw
     files = cm.load_manifest(os.path.join(ckdir, C2), 2)["files"]
     assert files["state.data-00000-of-00001"] == {
         "size": os.path.getsize(os.path.join(ckdir, C2, "state.data-00000-of-00001")),
-        "check": "tensor_crc32c"}
+        "check": "tensor_crc32c",
+    }
     assert set(files["state.index"]) == {"size", "sha256"}
     _as_format_1(os.path.join(ckdir, C2))
     _as_format_1(os.path.join(ckdir, C1))
@@ -70,7 +74,10 @@ def test_data_shard_is_checked_by_tensor_crcs_and_format_1_still_reads(ckdir, tw
 
 def test_another_model_is_an_error_not_a_fallback(ckdir, two_saved):
     with manager(ckdir, tiny_state(units=5)) as m:
-        with pytest.raises(CheckpointError, match=r"ckpt-00000002 does not fit this model: "
-                           r"variable model\[0\] \(.*kernel\) has shape \(4, 5\), "
-                           r"checkpoint has \(4, 3\)"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"ckpt-00000002 does not fit this model: "
+            r"variable model\[0\] \(.*kernel\) has shape \(4, 5\), "
+            r"checkpoint has \(4, 3\)",
+        ):
             m.restore()

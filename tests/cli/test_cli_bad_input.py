@@ -56,9 +56,13 @@ def generated(parser, prefix=(), required=()):
 def _train_cases():
     """harness-train's flags are strings that train.config coerces to TrainConfig's field
     types, so its bad values come from those types and from the lists of names."""
-    names = {"strategy": train_config.STRATEGIES, "optimizer": train_config.OPTIMIZERS,
-             "precision": train_config.PRECISIONS, "model": ("cnn",),
-             "dataset": ("shapes10",)}
+    names = {
+        "strategy": train_config.STRATEGIES,
+        "optimizer": train_config.OPTIMIZERS,
+        "precision": train_config.PRECISIONS,
+        "model": ("cnn",),
+        "dataset": ("shapes10",),
+    }
     cases = [(["--workdir", "w", "--no-such-flag"], "unknown flag")]
     for field in dataclasses.fields(train_config.TrainConfig):
         kinds = set(typing.get_args(field.type)) or {field.type}
@@ -83,33 +87,41 @@ def _bench_cases():
     return cases
 
 
-TRAIN = [*_train_cases(),
-         (["--workdir", "w", "--steps", "0"], "zero steps"),
-         (["--workdir", "w", "--steps", "-3"], "negative steps"),
-         (["--workdir", "w", "--batch-size", "0"], "zero batch"),
-         (["--workdir", "w", "--learning-rate", "-1"], "negative rate"),
-         (["--workdir", "w", "--learning-rate", "nan"], "NaN rate"),
-         (["--workdir", "w", "--learning-rate", "inf"], "infinite rate"),
-         (["--workdir", "w", "--epochs", "nan"], "NaN epochs"),
-         (["--workdir", "w", "--steps", "5", "--epochs", "1"], "conflicting lengths"),
-         (["--workdir", "w", "--dataset", "no_such_dataset"], "unknown dataset"),
-         (["--workdir", "w", "--model", "vgg"], "unknown model"),
-         (["--workdir", "w", "--init-from", "/no/such/model.keras"], "unreadable path"),
-         (["--workdir", "w", "--config", "/no/such/config.yaml"], "unreadable config"),
-         (["--steps", "5"], "no workdir")]
-EVAL = [*generated(eval_cli.build_eval_parser()),
-        (["--workdir", "/no/such/run"], "no such workdir"),
-        (["--weights", "/no/such/file.weights.h5"], "no such file"),
-        (["--keras-model", "/no/such/model.keras"], "no such model"),
-        ([], "nothing to evaluate")]
-EXPORT = [*generated(export_cli.build_export_parser(), required=("--workdir", "w")),
-          (["--workdir", "/no/such/run", "--format", "keras"], "no such workdir"),
-          (["--format", "keras"], "no workdir")]
-LAUNCH = [*generated(launch_cli._parser(), required=("--nproc", "1")),
-          (["--nproc", "1", "--max-restarts", "-1", "--", "true"], "negative restarts"),
-          (["--nproc", "1", "--stop-timeout", "0", "--", "true"], "zero stop timeout"),
-          (["--nproc", "1", "--hostfile", "/no/such/hostfile", "--", "true"], "no hostfile"),
-          (["--nproc", "1"], "no command")]
+TRAIN = [
+    *_train_cases(),
+    (["--workdir", "w", "--steps", "0"], "zero steps"),
+    (["--workdir", "w", "--steps", "-3"], "negative steps"),
+    (["--workdir", "w", "--batch-size", "0"], "zero batch"),
+    (["--workdir", "w", "--learning-rate", "-1"], "negative rate"),
+    (["--workdir", "w", "--learning-rate", "nan"], "NaN rate"),
+    (["--workdir", "w", "--learning-rate", "inf"], "infinite rate"),
+    (["--workdir", "w", "--epochs", "nan"], "NaN epochs"),
+    (["--workdir", "w", "--steps", "5", "--epochs", "1"], "conflicting lengths"),
+    (["--workdir", "w", "--dataset", "no_such_dataset"], "unknown dataset"),
+    (["--workdir", "w", "--model", "vgg"], "unknown model"),
+    (["--workdir", "w", "--init-from", "/no/such/model.keras"], "unreadable path"),
+    (["--workdir", "w", "--config", "/no/such/config.yaml"], "unreadable config"),
+    (["--steps", "5"], "no workdir"),
+]
+EVAL = [
+    *generated(eval_cli.build_eval_parser()),
+    (["--workdir", "/no/such/run"], "no such workdir"),
+    (["--weights", "/no/such/file.weights.h5"], "no such file"),
+    (["--model-file", "/no/such/model.keras"], "no such model file"),
+    ([], "nothing to evaluate"),
+]
+EXPORT = [
+    *generated(export_cli.build_export_parser(), required=("--workdir", "w")),
+    (["--workdir", "/no/such/run", "--format", "keras"], "no such workdir"),
+    (["--format", "keras"], "no workdir"),
+]
+LAUNCH = [
+    *generated(launch_cli._parser(), required=("--nproc", "1")),
+    (["--nproc", "1", "--max-restarts", "-1", "--", "true"], "negative restarts"),
+    (["--nproc", "1", "--stop-timeout", "0", "--", "true"], "zero stop timeout"),
+    (["--nproc", "1", "--hostfile", "/no/such/hostfile", "--", "true"], "no hostfile"),
+    (["--nproc", "1"], "no command"),
+]
 BENCH = _bench_cases()
 
 CONFIG_FILES = {
@@ -121,9 +133,13 @@ CONFIG_FILES = {
     "unknown choice": "optimizer: lbfgs\n",
 }
 
-MAINS = {"harness-train": train_main, "harness-eval": eval_main,
-         "harness-export": export_main, "harness-launch": launch_cli.main,
-         "harness-bench": bench_cli.main}
+MAINS = {
+    "harness-train": train_main,
+    "harness-eval": eval_main,
+    "harness-export": export_main,
+    "harness-launch": launch_cli.main,
+    "harness-bench": bench_cli.main,
+}
 
 
 class Accepted(AssertionError):
@@ -158,15 +174,27 @@ def assert_refused(main, argv, cwd, capsys, before=None):
     assert tree_snapshot(cwd) == before, (argv, "created files")
 
 
-@pytest.mark.parametrize("script, argv", [
-    *[("harness-train", argv) for argv, _ in TRAIN],
-    *[("harness-eval", argv) for argv, _ in EVAL],
-    *[("harness-export", argv) for argv, _ in EXPORT],
-    *[("harness-launch", argv) for argv, _ in LAUNCH],
-    *[("harness-bench", argv) for argv, _ in BENCH],
-], ids=[f"{s}:{what}" for s, cases in (("train", TRAIN), ("eval", EVAL), ("export", EXPORT),
-                                        ("launch", LAUNCH), ("bench", BENCH))
-        for _, what in cases])
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        *[("harness-train", argv) for argv, _ in TRAIN],
+        *[("harness-eval", argv) for argv, _ in EVAL],
+        *[("harness-export", argv) for argv, _ in EXPORT],
+        *[("harness-launch", argv) for argv, _ in LAUNCH],
+        *[("harness-bench", argv) for argv, _ in BENCH],
+    ],
+    ids=[
+        f"{s}:{what}"
+        for s, cases in (
+            ("train", TRAIN),
+            ("eval", EVAL),
+            ("export", EXPORT),
+            ("launch", LAUNCH),
+            ("bench", BENCH),
+        )
+        for _, what in cases
+    ],
+)
 def test_bad_arguments_are_one_line_and_exit_2(script, argv, empty_cwd, capsys):
     assert_refused(MAINS[script], argv, empty_cwd, capsys)
 
@@ -180,6 +208,13 @@ def test_a_malformed_config_file_is_one_line_and_exit_2(what, empty_cwd, capsys)
 def test_the_generated_cases_cover_every_typed_flag():
     # If a parser gains a typed flag, the generator must see it (a check on the test).
     flags = {argv[-2] for argv, what in TRAIN if what.startswith("--")}
-    assert {"--steps", "--batch-size", "--learning-rate", "--strategy", "--precision",
-            "--optimizer", "--keep"} <= flags
+    assert {
+        "--steps",
+        "--batch-size",
+        "--learning-rate",
+        "--strategy",
+        "--precision",
+        "--optimizer",
+        "--keep",
+    } <= flags
     assert any(argv[:1] == ["checkpoint"] for argv, _ in BENCH)

@@ -30,12 +30,21 @@ def test_cli_every_form_prints_the_same_numbers(workdir, exported_run, capsys):
     assert meta["model"] == "cnn" and meta["step"] == 4 and meta["num_classes"] == 10
     results = {
         "checkpoint": eval_json(capsys, "--workdir", workdir.path),
-        "weights": eval_json(capsys, "--weights", os.path.join(d, "model.weights.h5"),
-                              "--model", "cnn", "--data-dir", workdir.data_dir),
-        "keras": eval_json(capsys, "--model-file", os.path.join(d, "model.keras"),
-                            "--data-dir", workdir.data_dir),
-        "saved_model": eval_json(capsys, "--saved-model", os.path.join(d, "saved_model"),
-                                  "--data-dir", workdir.data_dir),
+        "weights": eval_json(
+            capsys,
+            "--weights",
+            os.path.join(d, "model.weights.h5"),
+            "--model",
+            "cnn",
+            "--data-dir",
+            workdir.data_dir,
+        ),
+        "keras": eval_json(
+            capsys, "--model-file", os.path.join(d, "model.keras"), "--data-dir", workdir.data_dir
+        ),
+        "saved_model": eval_json(
+            capsys, "--saved-model", os.path.join(d, "saved_model"), "--data-dir", workdir.data_dir
+        ),
     }
     assert results["checkpoint"]["source"] == "ckpt-4" and results["checkpoint"]["step"] == 4
     for name, result in results.items():
@@ -48,8 +57,9 @@ def test_cli_every_form_prints_the_same_numbers(workdir, exported_run, capsys):
 def test_cli_eval_line_and_explicit_step(workdir, capsys):
     assert eval_main(["--workdir", workdir.path, "--step", "2"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("eval  source=ckpt-2  dataset=shapes10  split=test  "
-                           f"examples={NUM_TEST}  loss=")
+    assert line.startswith(
+        f"eval  source=ckpt-2  dataset=shapes10  split=test  examples={NUM_TEST}  loss="
+    )
     fields = dict(f.split("=") for f in line.split()[1:])
     assert float(fields["loss"]) == pytest.approx(workdir.at_2["loss"], abs=1e-6)
     assert float(fields["accuracy"]) == pytest.approx(workdir.at_2["accuracy"], abs=1e-6)
@@ -62,8 +72,12 @@ def test_cli_eval_of_another_split_reports_it(workdir, capsys):
     assert (result["split"], result["examples"]) == ("train", NUM_TRAIN)
     info = data.dataset_info("shapes10", workdir.data_dir)
     restored = saved_run.restore_checkpoint(workdir.path)
-    expected = export.evaluate(export.make_predict_fn(restored.model), data.eval_dataset(
-        info, workdir.data_dir, global_batch_size=100, float_images=True, split="train"))
+    expected = export.evaluate(
+        export.make_predict_fn(restored.model),
+        data.eval_dataset(
+            info, workdir.data_dir, global_batch_size=100, float_images=True, split="train"
+        ),
+    )
     assert result["accuracy"] == expected["accuracy"] and result["examples"] == NUM_TRAIN
 
 
@@ -74,43 +88,70 @@ def test_cli_eval_of_a_split_the_dataset_lacks_is_one_line(workdir, capsys):
     assert "has no split 'validation'; it has test, train" in err
 
 
-@pytest.mark.parametrize("argv, pattern", [
-    ([], "exactly one of --workdir, --weights, --model-file, --saved-model"),
-    (["--model-file", "{keras}", "--saved-model", "{saved_model}"], r"exactly one .*got"),
-    (["--weights", "{weights}"], "--weights needs --model"),
-    (["--model", "cnn", "--model-file", "{keras}"], "--model goes with --weights"),
-    (["--step", "3", "--model-file", "{keras}"], "--step goes with --workdir"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--model-file", "{keras}", "--batch-size", "many"], "--batch-size: invalid int"),
-    (["--model-file", "{keras}", "--batch-size", "0"], "--batch-size must be positive"),
-    (["--model-file", "/no/such/model.keras"], "--model-file /no/such/model.keras: no such"),
-    (["--model-file", "{weights}"],
-     "--model-file .*: not a whole-model .keras archive: .*use --weights"),
-    (["--model-file", "{text}"], "--model-file .*: not a whole-model .keras archive: unrecognised"),
-    (["--saved-model", "{dir}"], "--saved-model .*: not a SavedModel directory"),
-    (["--weights", "{keras}", "--model", "cnn"],
-     r"--weights .*: not a Keras weights file \(\*.weights.h5\): .*--model-file"),
-    (["--saved-model", "{export_dir}"], "holding an export .*saved_model/ in it"),
-    (["--saved-model", "{run}"], "it is a harness-train run directory .*use --workdir"),
-    (["--model-file", "{run}/checkpoints"], "holds training checkpoints .*use --workdir"),
-    (["--workdir", "/no/such/run"], "--workdir /no/such/run: no such directory"),
-    (["--workdir", "{dir}"], "no config.json"),
-    (["--workdir", "{run}", "--step", "3"], r"no checkpoint for step 3 .*steps there: \[2, 4\]"),
-    (["--workdir", "{empty_run}"], r"--workdir .*: no checkpoint in .*checkpoints"),
-    (["--model-file", "{keras}", "--data-dir", "{data_dir}"],
-     "takes 18x18x3 images and predicts 4 classes; dataset 'shapes10' has 32x32x3"),
-    (["--weights", "{run_weights}", "--model", "resnet20", "--data-dir", "{data_dir}"],
-     "weights do not fit model 'resnet20'"),
-    (["--weights", "{run_weights}", "--model", "vgg", "--data-dir", "{data_dir}"],
-     "unknown model 'vgg'"),
-    (["--model-file", "{keras}", "--dataset", "nosuchset", "--data-dir", "{data_dir}"],
-     "unknown dataset 'nosuchset'"),
-])
-def test_eval_bad_input_is_one_line_and_exit_2(argv, pattern, bad_files, workdir,
-                                               exported_run, empty_run, capsys):
-    names = {**vars(bad_files), "run": workdir.path, "data_dir": workdir.data_dir,
-             "run_weights": os.path.join(exported_run, "model.weights.h5"),
-             "export_dir": exported_run, "empty_run": empty_run}
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        ([], "exactly one of --workdir, --weights, --model-file, --saved-model"),
+        (["--model-file", "{keras}", "--saved-model", "{saved_model}"], r"exactly one .*got"),
+        (["--weights", "{weights}"], "--weights needs --model"),
+        (["--model", "cnn", "--model-file", "{keras}"], "--model goes with --weights"),
+        (["--step", "3", "--model-file", "{keras}"], "--step goes with --workdir"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--model-file", "{keras}", "--batch-size", "many"], "--batch-size: invalid int"),
+        (["--model-file", "{keras}", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--model-file", "/no/such/model.keras"], "--model-file /no/such/model.keras: no such"),
+        (
+            ["--model-file", "{weights}"],
+            "--model-file .*: not a whole-model .keras archive: .*use --weights",
+        ),
+        (
+            ["--model-file", "{text}"],
+            "--model-file .*: not a whole-model .keras archive: unrecognised",
+        ),
+        (["--saved-model", "{dir}"], "--saved-model .*: not a SavedModel directory"),
+        (
+            ["--weights", "{keras}", "--model", "cnn"],
+            r"--weights .*: not a Keras weights file \(\*.weights.h5\): .*--model-file",
+        ),
+        (["--saved-model", "{export_dir}"], "holding an export .*saved_model/ in it"),
+        (["--saved-model", "{run}"], "it is a harness-train run directory .*use --workdir"),
+        (["--model-file", "{run}/checkpoints"], "holds training checkpoints .*use --workdir"),
+        (["--workdir", "/no/such/run"], "--workdir /no/such/run: no such directory"),
+        (["--workdir", "{dir}"], "no config.json"),
+        (
+            ["--workdir", "{run}", "--step", "3"],
+            r"no checkpoint for step 3 .*steps there: \[2, 4\]",
+        ),
+        (["--workdir", "{empty_run}"], r"--workdir .*: no checkpoint in .*checkpoints"),
+        (
+            ["--model-file", "{keras}", "--data-dir", "{data_dir}"],
+            "takes 18x18x3 images and predicts 4 classes; dataset 'shapes10' has 32x32x3",
+        ),
+        (
+            ["--weights", "{run_weights}", "--model", "resnet20", "--data-dir", "{data_dir}"],
+            "weights do not fit model 'resnet20'",
+        ),
+        (
+            ["--weights", "{run_weights}", "--model", "vgg", "--data-dir", "{data_dir}"],
+            "unknown model 'vgg'",
+        ),
+        (
+            ["--model-file", "{keras}", "--dataset", "nosuchset", "--data-dir", "{data_dir}"],
+            "unknown dataset 'nosuchset'",
+        ),
+    ],
+)
+def test_eval_bad_input_is_one_line_and_exit_2(
+    argv, pattern, bad_files, workdir, exported_run, empty_run, capsys
+):
+    names = {
+        **vars(bad_files),
+        "run": workdir.path,
+        "data_dir": workdir.data_dir,
+        "run_weights": os.path.join(exported_run, "model.weights.h5"),
+        "export_dir": exported_run,
+        "empty_run": empty_run,
+    }
     line = assert_usage_error(eval_main([a.format(**names) for a in argv]), capsys)
     assert re.search(pattern, line), line
 
@@ -126,15 +167,23 @@ def test_subprocess_bad_path_is_exactly_one_stderr_line(bad_files):
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
         f"harness-eval: error: --model-file {bad_files.weights}: not a whole-model .keras "
-        "archive: it is an HDF5 weights file (use --weights FILE --model NAME)"]
+        "archive: it is an HDF5 weights file (use --weights FILE --model NAME)"
+    ]
 
 
 @pytest.mark.slow
 def test_subprocess_mismatch_after_tensorflow_has_no_traceback(workdir, exported_run):
     """A mismatch found with TF loaded: our one line, last; TF's own start-up log lines are
     the only other stderr output (TF 2.21 prints them on import whatever the log level)."""
-    proc = run_python(_EVAL, "--weights", os.path.join(exported_run, "model.weights.h5"),
-                       "--model", "resnet20", "--data-dir", workdir.data_dir)
+    proc = run_python(
+        _EVAL,
+        "--weights",
+        os.path.join(exported_run, "model.weights.h5"),
+        "--model",
+        "resnet20",
+        "--data-dir",
+        workdir.data_dir,
+    )
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert "Traceback" not in proc.stderr
@@ -142,4 +191,3 @@ def test_subprocess_mismatch_after_tensorflow_has_no_traceback(workdir, exported
     assert ours == [lines[-1]] and "do not fit model 'resnet20'" in ours[0]
     tf_log = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
     assert all(tf_log.match(line) for line in lines[:-1]), lines
-

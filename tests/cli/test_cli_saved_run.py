@@ -20,10 +20,30 @@ def float32_policy_after():
 def warmup_run(tmp_path_factory):
     """A 2-step run with --scale-lr and a warmup, as one worker trains it."""
     path = tmp_path_factory.mktemp("warmup-run")
-    code = train_main(["--workdir", str(path), "--dataset", "synthetic", "--steps", "2",
-                       "--batch-size", "16", "--steps-per-call", "2", "--eval-every", "0",
-                       "--no-export", "--precision", "fp32", "--learning-rate", "0.01",
-                       "--scale-lr", "--warmup-steps", "4"])
+    code = train_main(
+        [
+            "--workdir",
+            str(path),
+            "--dataset",
+            "synthetic",
+            "--steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--steps-per-call",
+            "2",
+            "--eval-every",
+            "0",
+            "--no-export",
+            "--precision",
+            "fp32",
+            "--learning-rate",
+            "0.01",
+            "--scale-lr",
+            "--warmup-steps",
+            "4",
+        ]
+    )
     assert code == 0
     return path
 
@@ -43,8 +63,7 @@ def test_restored_optimizer_peaks_at_the_rate_the_run_scaled_to(warmup_run, num_
     _with_world_size(warmup_run, num_workers)
     restored = saved_run.restore_checkpoint(str(warmup_run))
     assert restored.step == 2
-    assert optimizers.learning_rate_at(restored.optimizer, 100) == pytest.approx(
-        0.01 * num_workers)
+    assert optimizers.learning_rate_at(restored.optimizer, 100) == pytest.approx(0.01 * num_workers)
 
 
 def test_a_workdir_without_config_is_one_clear_usage_error(tmp_path):

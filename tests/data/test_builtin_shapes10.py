@@ -21,8 +21,9 @@ def _build(monkeypatch, data_dir):
 
 
 def _arrays(builder, split):
-    return tfds.as_numpy(builder.as_dataset(
-        split=split, batch_size=-1, as_supervised=True, shuffle_files=False))
+    return tfds.as_numpy(
+        builder.as_dataset(split=split, batch_size=-1, as_supervised=True, shuffle_files=False)
+    )
 
 
 def _digests(images):
@@ -98,12 +99,15 @@ def test_prepare_twice_reuses_the_prepared_dataset(small_builder):
 
 
 def test_synthetic_batch_is_a_function_of_the_index():
-    first = datasets.synthetic_batch(tf.constant([3, 9, 3], tf.int64), split="train",
-                                     image_shape=(32, 32, 3), num_classes=10)
-    alone = datasets.synthetic_batch(tf.constant([9], tf.int64), split="train",
-                                     image_shape=(32, 32, 3), num_classes=10)
-    test = datasets.synthetic_batch(tf.constant([3], tf.int64), split="test",
-                                    image_shape=(32, 32, 3), num_classes=10)
+    first = datasets.synthetic_batch(
+        tf.constant([3, 9, 3], tf.int64), split="train", image_shape=(32, 32, 3), num_classes=10
+    )
+    alone = datasets.synthetic_batch(
+        tf.constant([9], tf.int64), split="train", image_shape=(32, 32, 3), num_classes=10
+    )
+    test = datasets.synthetic_batch(
+        tf.constant([3], tf.int64), split="test", image_shape=(32, 32, 3), num_classes=10
+    )
     images, labels = first
     assert images.dtype == tf.uint8 and labels.dtype == tf.int32
     np.testing.assert_array_equal(images[0], images[2])

@@ -15,15 +15,20 @@ TINY = DatasetInfo("synthetic", (32, 32, 3), 10, num_train=100, num_test=30)
 
 def _indices(count, *, seed=1, step=0, worker_index=0, num_workers=1, global_batch_size=None):
     """The first `count` example indices worker `worker_index` sees from `step` on."""
-    stream = order.epochs(TINY.num_train, seed=seed, step=step,
-                          global_batch_size=global_batch_size or num_workers,
-                          worker_index=worker_index, num_workers=num_workers)
+    stream = order.epochs(
+        TINY.num_train,
+        seed=seed,
+        step=step,
+        global_batch_size=global_batch_size or num_workers,
+        worker_index=worker_index,
+        num_workers=num_workers,
+    )
     return [int(i) for i, _ in stream.unbatch().take(count)]
 
 
 def test_index_stream_is_a_new_permutation_each_epoch():
     stream = _indices(300)
-    epochs = [stream[i:i + 100] for i in range(0, 300, 100)]
+    epochs = [stream[i : i + 100] for i in range(0, 300, 100)]
     for epoch in epochs:
         assert sorted(epoch) == list(range(100))
     assert epochs[0] != epochs[1] != epochs[2]
@@ -59,12 +64,11 @@ def test_worker_shards_are_disjoint_and_cover_the_epoch():
 
 
 def test_augmentation_codes_are_a_function_of_seed_epoch_and_example():
-    (indices, codes), = order.epochs(TINY.num_train, seed=4, step=0,
-                                     global_batch_size=1).take(1)
+    ((indices, codes),) = order.epochs(TINY.num_train, seed=4, step=0, global_batch_size=1).take(1)
     table = order.augment_codes(TINY.num_train, 4, tf.constant(0, tf.int64)).numpy()
     np.testing.assert_array_equal(codes.numpy(), table[indices.numpy()])
     assert codes.dtype == tf.int32 and 0 <= table.min() and table.max() < order.AUG_CODES
-    (_, later), = order.epochs(TINY.num_train, seed=4, step=1, global_batch_size=1).take(1)
+    ((_, later),) = order.epochs(TINY.num_train, seed=4, step=1, global_batch_size=1).take(1)
     np.testing.assert_array_equal(later.numpy(), codes.numpy()[1:])  # same code, same example
 
 
@@ -75,15 +79,32 @@ def test_the_pipeline_trains_on_the_order_stream(start_step, workers, replicas):
     global_batch = 16
     for worker in range(workers):
         context = tf.distribute.InputContext(workers, worker, num_replicas_in_sync=replicas)
-        ds = pipeline.train_dataset(TINY, None, global_batch_size=global_batch, seed=3,
-                                    start_step=start_step, augment=False, input_context=context,
-                                    with_codes=True, with_indices=True)
+        ds = pipeline.train_dataset(
+            TINY,
+            None,
+            global_batch_size=global_batch,
+            seed=3,
+            start_step=start_step,
+            augment=False,
+            input_context=context,
+            with_codes=True,
+            with_indices=True,
+        )
         batches = [(codes.numpy(), indices.numpy()) for _, _, codes, indices in ds.take(12)]
         fed_indices = np.concatenate([indices for _, indices in batches])
         fed_codes = np.concatenate([codes for codes, _ in batches])
-        stream = order.epochs(TINY.num_train, seed=3, step=start_step,
-                              global_batch_size=global_batch, worker_index=worker,
-                              num_workers=workers).unbatch().take(len(fed_indices))
+        stream = (
+            order.epochs(
+                TINY.num_train,
+                seed=3,
+                step=start_step,
+                global_batch_size=global_batch,
+                worker_index=worker,
+                num_workers=workers,
+            )
+            .unbatch()
+            .take(len(fed_indices))
+        )
         np.testing.assert_array_equal(fed_indices, [int(i) for i, _ in stream])
         np.testing.assert_array_equal(fed_codes, [int(c) for _, c in stream])
 
@@ -98,9 +119,17 @@ def test_the_pipeline_takes_its_position_from_order(monkeypatch):
 
     monkeypatch.setattr(order, "position", spy)
     context = tf.distribute.InputContext(2, 1, num_replicas_in_sync=2)
-    ds = pipeline.train_dataset(TINY, None, global_batch_size=8, seed=3, start_step=11,
-                                augment=False, input_context=context, with_indices=True)
-    (_, _, fed), = ds.take(1)
+    ds = pipeline.train_dataset(
+        TINY,
+        None,
+        global_batch_size=8,
+        seed=3,
+        start_step=11,
+        augment=False,
+        input_context=context,
+        with_indices=True,
+    )
+    ((_, _, fed),) = ds.take(1)
     assert asked == [(100, dict(step=11, global_batch_size=8, num_workers=2))]
     epoch_2 = order.epoch_shard(100, 3, tf.constant(2, tf.int64), 1, 2).numpy()
     np.testing.assert_array_equal(fed.numpy(), epoch_2[5:9])

@@ -20,8 +20,9 @@ SMALL_TRAIN, SMALL_TEST = 200, 70
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     """A small shapes10 prepared through data.dataset_info (the auto-prepare path)."""
-    return prepare_small_shapes10(str(tmp_path_factory.mktemp("tfds")),
-                                  num_train=SMALL_TRAIN, num_test=SMALL_TEST)
+    return prepare_small_shapes10(
+        str(tmp_path_factory.mktemp("tfds")), num_train=SMALL_TRAIN, num_test=SMALL_TEST
+    )
 
 
 def _batches(info, data_dir, count, **kwargs):
@@ -63,16 +64,29 @@ def test_resume_per_worker_with_input_context():
 
 def test_training_batches_follow_the_index_stream(shapes_dir):
     info = data.dataset_info("shapes10", shapes_dir)
-    (x, y), = _batches(info, shapes_dir, 1, global_batch_size=64, seed=1, start_step=0,
-                       augment=False)
-    indices = [int(i) for i, _ in order.epochs(info.num_train, seed=1, step=0,
-                                               global_batch_size=64).unbatch().take(64)]
+    ((x, y),) = _batches(
+        info, shapes_dir, 1, global_batch_size=64, seed=1, start_step=0, augment=False
+    )
+    indices = [
+        int(i)
+        for i, _ in order.epochs(info.num_train, seed=1, step=0, global_batch_size=64)
+        .unbatch()
+        .take(64)
+    ]
     images, labels = sources.load_split("shapes10", shapes_dir, "train")
     np.testing.assert_array_equal(y, labels.numpy()[indices])
     np.testing.assert_array_equal(x, images.numpy()[indices])  # uint8, as stored
     assert x.dtype == np.uint8 and y.dtype == np.int32
-    (fx, fy), = _batches(info, shapes_dir, 1, global_batch_size=64, seed=1, start_step=0,
-                         augment=False, float_images=True)
+    ((fx, fy),) = _batches(
+        info,
+        shapes_dir,
+        1,
+        global_batch_size=64,
+        seed=1,
+        start_step=0,
+        augment=False,
+        float_images=True,
+    )
     np.testing.assert_array_equal(fy, y)
     np.testing.assert_allclose(fx, x / 255.0, rtol=1e-6)
     assert fx.dtype == np.float32 and fx.min() >= 0.0 and fx.max() <= 1.0
@@ -81,12 +95,12 @@ def test_training_batches_follow_the_index_stream(shapes_dir):
 def test_augmentation_is_a_padded_crop_or_flip(shapes_dir):
     info = data.dataset_info("shapes10", shapes_dir)
     kwargs = dict(global_batch_size=16, seed=1, start_step=0)
-    (plain, _), = _batches(info, shapes_dir, 1, augment=False, **kwargs)
-    (augmented, _), = _batches(info, shapes_dir, 1, augment=True, **kwargs)
+    ((plain, _),) = _batches(info, shapes_dir, 1, augment=False, **kwargs)
+    ((augmented, _),) = _batches(info, shapes_dir, 1, augment=True, **kwargs)
     assert not np.array_equal(plain, augmented)
     for original, result in zip(plain, augmented, strict=True):
         padded = np.pad(original, ((4, 4), (4, 4), (0, 0)))
-        crops = [padded[dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        crops = [padded[dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
         assert any(np.array_equal(result, c) or np.array_equal(result, c[:, ::-1]) for c in crops)
 
 
@@ -105,16 +119,31 @@ def test_codes_augment_in_the_step_exactly_as_the_pipeline_does(shapes_dir):
 
 def test_per_replica_batch_size_from_input_context():
     context = tf.distribute.InputContext(2, 1, num_replicas_in_sync=4)
-    (x, y), = _batches(TINY, None, 1, global_batch_size=32, seed=0, start_step=0,
-                       augment=False, input_context=context)
+    ((x, y),) = _batches(
+        TINY,
+        None,
+        1,
+        global_batch_size=32,
+        seed=0,
+        start_step=0,
+        augment=False,
+        input_context=context,
+    )
     assert x.shape == (8, 32, 32, 3) and y.shape == (8,)
 
 
 def test_batch_not_divisible_by_replicas_is_a_usage_error():
     context = tf.distribute.InputContext(1, 0, num_replicas_in_sync=3)
     with pytest.raises(UsageError, match=r"32.*3"):
-        data.train_dataset(TINY, None, global_batch_size=32, seed=0, start_step=0,
-                           augment=False, input_context=context)
+        data.train_dataset(
+            TINY,
+            None,
+            global_batch_size=32,
+            seed=0,
+            start_step=0,
+            augment=False,
+            input_context=context,
+        )
     with pytest.raises(UsageError, match=r"32.*3"):
         data.eval_dataset(TINY, None, global_batch_size=32, input_context=context)
 
@@ -127,13 +156,20 @@ def test_eval_covers_each_test_example_once(shapes_dir):
     assert [len(y) for _, y in batches] == [32, 32, 6]  # last partial batch kept
     np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels.numpy())
     shards = [
-        np.concatenate([x.numpy() for x, _ in data.eval_dataset(
-            info, shapes_dir, global_batch_size=32,
-            input_context=tf.distribute.InputContext(2, w, num_replicas_in_sync=2))])
-        for w in range(2)]
+        np.concatenate(
+            [
+                x.numpy()
+                for x, _ in data.eval_dataset(
+                    info,
+                    shapes_dir,
+                    global_batch_size=32,
+                    input_context=tf.distribute.InputContext(2, w, num_replicas_in_sync=2),
+                )
+            ]
+        )
+        for w in range(2)
+    ]
     assert len(shards[0]) + len(shards[1]) == SMALL_TEST
     everything = np.concatenate([x for x, _ in batches])
     np.testing.assert_array_equal(shards[0], everything[0::2])
     np.testing.assert_array_equal(shards[1], everything[1::2])
-
-

@@ -36,7 +36,11 @@ def test_unprepared_tfds_dataset_fails_fast_and_says_how_to_prepare(tmp_path):
 def test_synthetic_info():
     info = sources.dataset_info("synthetic", None)
     assert (info.image_shape, info.num_classes, info.num_train, info.num_test) == (
-        (32, 32, 3), 10, 50_000, 10_000)
+        (32, 32, 3),
+        10,
+        50_000,
+        10_000,
+    )
 
 
 _PREPARE = """
@@ -50,9 +54,15 @@ print(sources.dataset_info("shapes10", sys.argv[1]).num_train)
 
 @pytest.mark.slow
 def test_concurrent_first_use_prepares_once(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PREPARE, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["200", "200"]

@@ -84,9 +84,15 @@ def test_an_unwritable_cache_costs_only_the_decode(dataset_dir, tmp_path, monkey
 
 def test_process_age_is_measured_from_the_real_start():
     began = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", "from train.monitor import process_age_s; "
-                          "print(process_age_s())"], cwd=REPO, env=harness_env(),
-                         capture_output=True, text=True, check=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "from train.monitor import process_age_s; print(process_age_s())"],
+        cwd=REPO,
+        env=harness_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     elapsed = time.monotonic() - began
     age = float(out.split()[-1])
     # The child's age when it printed can't exceed what the parent saw pass since the

@@ -45,8 +45,11 @@ def test_one_cpu_replica_per_worker_reads_its_worker_shard_directly():
     result = backend.distribute_dataset(lambda context: seen.append(context) or "dataset")
     assert result == "dataset" and strategy.options is None
     (context,) = seen
-    assert (context.input_pipeline_id, context.num_input_pipelines,
-            context.num_replicas_in_sync) == (1, 3, 3)
+    assert (
+        context.input_pipeline_id,
+        context.num_input_pipelines,
+        context.num_replicas_in_sync,
+    ) == (1, 3, 3)
 
 
 def test_mirrored_on_one_cpu_feeds_its_replica_the_whole_stream():
@@ -56,8 +59,10 @@ def test_mirrored_on_one_cpu_feeds_its_replica_the_whole_stream():
         batch = context.get_per_replica_batch_size(4)
         return tf.data.Dataset.range(12).batch(batch)
 
-    got = [backend.strategy.experimental_local_results(b)[0].numpy()
-           for b in backend.distribute_dataset(dataset_fn)]
+    got = [
+        backend.strategy.experimental_local_results(b)[0].numpy()
+        for b in backend.distribute_dataset(dataset_fn)
+    ]
     np.testing.assert_array_equal(np.concatenate(got), np.arange(12))
     assert [len(b) for b in got] == [4, 4, 4]
 
@@ -86,6 +91,7 @@ class FakeService:
 def cluster_task(monkeypatch):
     def set_task(index, count):
         monkeypatch.setattr(base, "_cluster_task", (index, count))
+
     return set_task
 
 

@@ -21,16 +21,35 @@ from conftest import REPO, harness_env, read_metrics
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 HAVE_HOROVOD = importlib.util.find_spec("horovod") is not None and os.path.exists(HOROVODRUN)
 needs_horovod = pytest.mark.skipif(
-    not HAVE_HOROVOD, reason="horovod is not installed in this Python; build it with: "
-                             "bash launch/build_horovod.sh .venv/bin/python")
+    not HAVE_HOROVOD,
+    reason="horovod is not installed in this Python; build it with: "
+    "bash launch/build_horovod.sh .venv/bin/python",
+)
 
 STEPS = 120  # long enough for the kill -9 to land mid-run on a busy 2-core machine
 # Same global batch (32 = 2 ranks x 16), seed, numerics and learning-rate schedule
 # (--scale-lr: x number of ranks/workers, linear warmup over 20 steps) for every run below.
 LR, WARMUP = 1e-3, 20
-FLAGS = ["--batch-size", "32", "--log-every", "10", "--eval-every", "0",
-         "--checkpoint-every", "20", "--steps-per-call", "5", "--seed", "3", "--deterministic",
-         "--learning-rate", str(LR), "--scale-lr", "--warmup-steps", str(WARMUP)]
+FLAGS = [
+    "--batch-size",
+    "32",
+    "--log-every",
+    "10",
+    "--eval-every",
+    "0",
+    "--checkpoint-every",
+    "20",
+    "--steps-per-call",
+    "5",
+    "--seed",
+    "3",
+    "--deterministic",
+    "--learning-rate",
+    str(LR),
+    "--scale-lr",
+    "--warmup-steps",
+    str(WARMUP),
+]
 # Horovod (Gloo) vs MultiWorkerMirroredStrategy (TF ring all-reduce), per logged loss.
 # With 2 ranks both compute a + b in float32, which is exact and commutative, so they
 # agree bitwise (observed); the tolerance leaves room for a different reduction order
@@ -41,31 +60,50 @@ DIGEST = re.compile(r"^\[(\d)\]<stdout>:\s*finished\s+step=(\d+)\s+weights_sha25
 
 def clean_env(tag=None):
     """The harness env without any Horovod/MPI/TF_CONFIG identity from outside."""
-    env = {k: v for k, v in harness_env().items()
-           if not k.startswith(("HOROVOD_", "OMPI_", "PMI_")) and k != "TF_CONFIG"}
+    env = {
+        k: v
+        for k, v in harness_env().items()
+        if not k.startswith(("HOROVOD_", "OMPI_", "PMI_")) and k != "TF_CONFIG"
+    }
     if tag:
         env["HARNESS_TEST_TAG"] = tag  # lets the test find its own rank processes
     return env
 
 
 def run(argv, *, env, timeout, check_exit=0):
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check_exit is not None and proc.returncode != check_exit:
-        raise AssertionError(f"exit {proc.returncode} != {check_exit}: {' '.join(argv)}\n"
-                             f"--- stdout\n{proc.stdout[-4000:]}\n"
-                             f"--- stderr\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"exit {proc.returncode} != {check_exit}: {' '.join(argv)}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n"
+            f"--- stderr\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
 def horovodrun(*command, env, timeout=240, check_exit=0):
-    return run([HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", *command],
-               env=env, timeout=timeout, check_exit=check_exit)
+    return run(
+        [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", *command],
+        env=env,
+        timeout=timeout,
+        check_exit=check_exit,
+    )
 
 
 def train_argv(workdir, data_dir, *flags):
-    return [sys.executable, "-m", "train", "--strategy", "horovod", "--workdir", str(workdir),
-            "--data-dir", data_dir, *FLAGS, *flags]
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        "--strategy",
+        "horovod",
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        data_dir,
+        *FLAGS,
+        *flags,
+    ]
 
 
 def digests(stdout):
@@ -90,9 +128,11 @@ def rank_pids(tag, rank):
                 cmdline = f.read()
         except OSError:
             continue
-        if (f"HARNESS_TEST_TAG={tag}".encode() in env
-                and f"HOROVOD_RANK={rank}".encode() in env
-                and cmdline.split(b"\0")[1:3] == [b"-m", b"train"]):
+        if (
+            f"HARNESS_TEST_TAG={tag}".encode() in env
+            and f"HOROVOD_RANK={rank}".encode() in env
+            and cmdline.split(b"\0")[1:3] == [b"-m", b"train"]
+        ):
             pids.append(int(name))
     return pids
 
@@ -110,7 +150,8 @@ def wait_for(predicate, proc, timeout, what):
         if proc.poll() is not None:
             out, err = proc.communicate()
             raise AssertionError(
-                f"exited {proc.returncode} before {what}\n{out[-3000:]}\n{err[-3000:]}")
+                f"exited {proc.returncode} before {what}\n{out[-3000:]}\n{err[-3000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
@@ -133,14 +174,18 @@ def signal_rank_1(proc, tag, ready, what, signum, *, timeout):
 
 # --- without Horovod -------------------------------------------------------------------
 
+
 def test_missing_horovod_is_a_usage_error_naming_the_build_script(monkeypatch):
     from train import distribute
     from train.errors import UsageError
 
     monkeypatch.setitem(sys.modules, "horovod", None)  # import horovod -> ImportError
     monkeypatch.delitem(sys.modules, "horovod.tensorflow", raising=False)
-    with pytest.raises(UsageError, match=r"horovod is not installed; build it with: "
-                                         r"bash launch/build_horovod\.sh"):
+    with pytest.raises(
+        UsageError,
+        match=r"horovod is not installed; build it with: "
+        r"bash launch/build_horovod\.sh",
+    ):
         distribute.create("horovod")
 
 
@@ -154,11 +199,28 @@ def test_fp16_allreduce_needs_horovod_strategy():
 
 @pytest.mark.slow
 def test_strategy_horovod_without_horovod_is_one_line_and_exit_2(tmp_path, data_dir):
-    hide = ("import sys; sys.modules['horovod'] = None; from train.cli import train_main; "
-            "sys.exit(train_main(sys.argv[1:]))")
-    proc = run([sys.executable, "-c", hide, "--strategy", "horovod", "--workdir",
-                str(tmp_path / "run"), "--data-dir", data_dir, "--steps", "5"],
-               env=clean_env(), timeout=120, check_exit=2)
+    hide = (
+        "import sys; sys.modules['horovod'] = None; from train.cli import train_main; "
+        "sys.exit(train_main(sys.argv[1:]))"
+    )
+    proc = run(
+        [
+            sys.executable,
+            "-c",
+            hide,
+            "--strategy",
+            "horovod",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--data-dir",
+            data_dir,
+            "--steps",
+            "5",
+        ],
+        env=clean_env(),
+        timeout=120,
+        check_exit=2,
+    )
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "horovod is not installed" in lines[0] and "launch/build_horovod.sh" in lines[0]
@@ -167,11 +229,15 @@ def test_strategy_horovod_without_horovod_is_one_line_and_exit_2(tmp_path, data_
 
 # --- with Horovod ----------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @needs_horovod
 def test_without_a_launcher_it_trains_as_a_single_rank(tmp_path, data_dir):
-    proc = run(train_argv(tmp_path / "run", data_dir, "--steps", "10", "--no-export"),
-               env=clean_env(), timeout=180)
+    proc = run(
+        train_argv(tmp_path / "run", data_dir, "--steps", "10", "--no-export"),
+        env=clean_env(),
+        timeout=180,
+    )
     assert "horovod: rank 0 of 1" in proc.stdout
     assert max(losses(tmp_path / "run")) == 10
 
@@ -255,9 +321,31 @@ def test_two_ranks_end_with_identical_weights_and_only_rank_0_writes(reference):
 def test_horovod_and_multiworker_give_the_same_loss_trajectory(reference, tmp_path, data_dir):
     base, _ = reference
     steps = 60
-    run([sys.executable, "-m", "launch", "--nproc", "2", "--", sys.executable, "-m", "train",
-         "--strategy", "multiworker", "--workdir", str(tmp_path / "mw"), "--data-dir", data_dir,
-         *FLAGS, "--steps", str(steps), "--no-export"], env=clean_env(), timeout=240)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "launch",
+            "--nproc",
+            "2",
+            "--",
+            sys.executable,
+            "-m",
+            "train",
+            "--strategy",
+            "multiworker",
+            "--workdir",
+            str(tmp_path / "mw"),
+            "--data-dir",
+            data_dir,
+            *FLAGS,
+            "--steps",
+            str(steps),
+            "--no-export",
+        ],
+        env=clean_env(),
+        timeout=240,
+    )
     multiworker = losses(tmp_path / "mw")
     horovod = {s: loss for s, loss in losses(base / "ref0").items() if s <= steps}
     assert sorted(multiworker) == sorted(horovod) == list(range(10, steps + 1, 10))
@@ -274,12 +362,35 @@ def test_kill_9_of_one_rank_restarts_and_resumes_bitwise(reference, tmp_path, da
     workdir = tmp_path / "run"
     tag = uuid.uuid4().hex
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch", "--backend", "horovod", "--nproc", "2",
-         "--max-restarts", "1", "--restart-backoff", "0.2", "--",
-         *train_argv(workdir, data_dir, "--steps", str(STEPS), "--no-export")],
-        cwd=REPO, env=clean_env(tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = signal_rank_1(launcher, tag, lambda: (workdir / "checkpoints" / "latest").exists(),
-                             "the first checkpoint", signal.SIGKILL, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "launch",
+            "--backend",
+            "horovod",
+            "--nproc",
+            "2",
+            "--max-restarts",
+            "1",
+            "--restart-backoff",
+            "0.2",
+            "--",
+            *train_argv(workdir, data_dir, "--steps", str(STEPS), "--no-export"),
+        ],
+        cwd=REPO,
+        env=clean_env(tag),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = signal_rank_1(
+        launcher,
+        tag,
+        lambda: (workdir / "checkpoints" / "latest").exists(),
+        "the first checkpoint",
+        signal.SIGKILL,
+        timeout=240,
+    )
     assert launcher.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
     assert "restart 1/1" in err, err[-3000:]
     rows = read_metrics(workdir)
@@ -298,13 +409,34 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, data_d
     workdir = tmp_path / "run"
     tag = uuid.uuid4().hex
     proc = subprocess.Popen(
-        [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2",
-         *train_argv(workdir, data_dir, "--steps", "2000", "--checkpoint-every", "1000",
-                     "--no-export", "--jit-compile")],
-        cwd=REPO, env=clean_env(tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            HOROVODRUN,
+            "--gloo",
+            "-np",
+            "2",
+            "-H",
+            "localhost:2",
+            *train_argv(
+                workdir,
+                data_dir,
+                "--steps",
+                "2000",
+                "--checkpoint-every",
+                "1000",
+                "--no-export",
+                "--jit-compile",
+            ),
+        ],
+        cwd=REPO,
+        env=clean_env(tag),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # A logged step: both ranks are past installing their signal handlers.
-    out, err = signal_rank_1(proc, tag, lambda: logged(workdir), "the first log row",
-                             signal.SIGUSR1, timeout=120)
+    out, err = signal_rank_1(
+        proc, tag, lambda: logged(workdir), "the first log row", signal.SIGUSR1, timeout=120
+    )
     stopped = dict(re.findall(r"^\[(\d)\]<stdout>:\s*preempted\s+step=(\d+)", out, re.M))
     assert set(stopped) == {"0", "1"} and stopped["0"] == stopped["1"], out[-3000:]
     step = int(stopped["0"])
@@ -321,11 +453,25 @@ def test_sigterm_to_the_launcher_ends_in_42_through_horovodrun(tmp_path, data_di
     """horovodrun reports the ranks' 42 as 1; the ranks' recorded codes restore the 42."""
     workdir = tmp_path / "run"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch", "--backend", "horovod", "--nproc", "2", "--",
-         *train_argv(workdir, data_dir, "--steps", "2000", "--checkpoint-every", "1000",
-                     "--no-export")],
-        cwd=REPO, env=clean_env(uuid.uuid4().hex), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "launch",
+            "--backend",
+            "horovod",
+            "--nproc",
+            "2",
+            "--",
+            *train_argv(
+                workdir, data_dir, "--steps", "2000", "--checkpoint-every", "1000", "--no-export"
+            ),
+        ],
+        cwd=REPO,
+        env=clean_env(uuid.uuid4().hex),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: logged(workdir), launcher, 180, "the first log row")
         launcher.send_signal(signal.SIGTERM)

@@ -38,12 +38,21 @@ os._exit(0)
 def test_a_sigterm_during_strategy_start_reaches_every_worker():
     ports = free_ports(2)
     workers = [f"localhost:{port}" for port in ports]
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", WORKER], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        env=harness_env(TF_CONFIG=json.dumps({"cluster": {"worker": workers},
-                                              "task": {"type": "worker", "index": i}})))
-        for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=harness_env(
+                TF_CONFIG=json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                )
+            ),
+        )
+        for i in range(2)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=240)

@@ -12,9 +12,24 @@ from conftest import harness_env, read_metrics, run_module
 
 pytestmark = pytest.mark.slow
 HALF, STEPS = 10, 20
-FLAGS = ["--dataset", "synthetic", "--batch-size", "32", "--steps-per-call", "5",
-         "--log-every", "5", "--checkpoint-every", "5", "--eval-every", "0", "--no-export",
-         "--deterministic", "--precision", "fp32"]
+FLAGS = [
+    "--dataset",
+    "synthetic",
+    "--batch-size",
+    "32",
+    "--steps-per-call",
+    "5",
+    "--log-every",
+    "5",
+    "--checkpoint-every",
+    "5",
+    "--eval-every",
+    "0",
+    "--no-export",
+    "--deterministic",
+    "--precision",
+    "fp32",
+]
 
 
 def train(workdir, record, workers, steps, *extra):
@@ -22,9 +37,25 @@ def train(workdir, record, workers, steps, *extra):
     env = harness_env(HARNESS_RECORD_INDICES=str(record))
     if workers == 1:
         return run_module(*command, env=env, timeout=600, check_exit=0)
-    return run_module("launch", "--nproc", workers, "--max-restarts", "0", "--stop-timeout",
-                      "20", "--", sys.executable, "-m", "train", *command[1:],
-                      "--strategy", "multiworker", env=env, timeout=600, check_exit=0)
+    return run_module(
+        "launch",
+        "--nproc",
+        workers,
+        "--max-restarts",
+        "0",
+        "--stop-timeout",
+        "20",
+        "--",
+        sys.executable,
+        "-m",
+        "train",
+        *command[1:],
+        "--strategy",
+        "multiworker",
+        env=env,
+        timeout=600,
+        check_exit=0,
+    )
 
 
 def examples_per_step(record):
@@ -50,8 +81,9 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
-def test_resume_under_another_worker_count_sees_the_same_examples(tmp_path, reference,
-                                                                  before, after):
+def test_resume_under_another_worker_count_sees_the_same_examples(
+    tmp_path, reference, before, after
+):
     workdir, record = tmp_path / "run", tmp_path / "record"
     train(workdir, record, before, HALF)
     train(workdir, record, after, STEPS)
@@ -60,7 +92,10 @@ def test_resume_under_another_worker_count_sees_the_same_examples(tmp_path, refe
     assert losses(workdir) == pytest.approx(reference_losses, rel=1e-4)
     resume = [r for r in read_metrics(workdir) if r.get("event") == "resume"][-1]
     assert (resume["restored_step"], resume["workers_before"], resume["workers"]) == (
-        HALF, before, after)
+        HALF,
+        before,
+        after,
+    )
 
 
 def test_scale_lr_is_recomputed_for_the_new_worker_count(tmp_path):
@@ -72,4 +107,5 @@ def test_scale_lr_is_recomputed_for_the_new_worker_count(tmp_path):
     assert resume["learning_rate_before"] == pytest.approx(0.002)
     assert resume["learning_rate"] == pytest.approx(0.001)
     assert [r["learning_rate"] for r in rows if r.get("step") == 10 and "loss" in r] == [
-        pytest.approx(0.001)]
+        pytest.approx(0.001)
+    ]

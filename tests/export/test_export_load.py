@@ -21,19 +21,24 @@ pytest_plugins = ["model_forms"]  # the fixtures bad_files, trained
 
 def _restore_checkpoint_form(trained, tmp_path):
     """Save the trained state with train.checkpoint.manager, restore it into a fresh model."""
+
     def state(m, o, s):
         return {"model": m.variables, "optimizer": o.variables, "train": [s]}
 
     step = tf.Variable(3, dtype=tf.int64)
-    with checkpoint.CheckpointManager(directory=tmp_path / "ckpt", is_chief=True,
-                                      state=state(trained.model, trained.optimizer, step)) as m:
+    with checkpoint.CheckpointManager(
+        directory=tmp_path / "ckpt",
+        is_chief=True,
+        state=state(trained.model, trained.optimizer, step),
+    ) as m:
         m.save(3)
     model = models.build("cnn", SHAPE, CLASSES)
     optimizer = keras.optimizers.Adam(1e-2)
     optimizer.build(model.trainable_variables)
     fresh_step = tf.Variable(0, dtype=tf.int64)
-    with checkpoint.CheckpointManager(directory=tmp_path / "ckpt", is_chief=False,
-                                      state=state(model, optimizer, fresh_step)) as m:
+    with checkpoint.CheckpointManager(
+        directory=tmp_path / "ckpt", is_chief=False, state=state(model, optimizer, fresh_step)
+    ) as m:
         assert m.restore() == 3
     return model
 
@@ -42,8 +47,9 @@ def test_every_form_predicts_and_evaluates_the_same(trained, tmp_path):
     d = trained.directory
     forms = {
         "checkpoint": _restore_checkpoint_form(trained, tmp_path),
-        "weights": export.load_weights_model(os.path.join(d, "model.weights.h5"), "cnn",
-                                             SHAPE, CLASSES),
+        "weights": export.load_weights_model(
+            os.path.join(d, "model.weights.h5"), "cnn", SHAPE, CLASSES
+        ),
         "keras": export.load_keras_model(os.path.join(d, "model.keras")),
         "saved_model": export.load_saved_model(os.path.join(d, "saved_model")),
     }
@@ -72,8 +78,9 @@ def test_keras_file_keeps_optimizer_state_and_continues_training(trained):
     history = loaded.fit(trained.x, trained.y, batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and "accuracy" in history.history
     assert int(loaded.optimizer.iterations) == 6
-    assert any(not np.array_equal(a, b.numpy())
-               for a, b in zip(before, loaded.weights, strict=True))
+    assert any(
+        not np.array_equal(a, b.numpy()) for a, b in zip(before, loaded.weights, strict=True)
+    )
 
 
 def test_mixed_precision_forms_agree(tmp_path):
@@ -89,34 +96,54 @@ def test_mixed_precision_forms_agree(tmp_path):
     policy = export.read_export_meta(written["weights"])["dtype_policy"]
     assert policy == "mixed_float16"
     ref = np.asarray(model(x, training=False))
-    for form in (export.load_keras_model(written["keras"]),
-                 export.load_weights_model(written["weights"], "cnn", SHAPE, CLASSES,
-                                           dtype_policy=policy),
-                 export.load_saved_model(written["saved_model"])):
+    for form in (
+        export.load_keras_model(written["keras"]),
+        export.load_weights_model(written["weights"], "cnn", SHAPE, CLASSES, dtype_policy=policy),
+        export.load_saved_model(written["saved_model"]),
+    ):
         np.testing.assert_allclose(np.asarray(export.make_predict_fn(form)(x)), ref, **TIGHT)
 
 
 # --------------------------------------------------------------------------- loader errors
 
 
-@pytest.mark.parametrize("call, pattern", [
-    (lambda b: export.load_keras_model("/no/such/model.keras"), "no such file"),
-    (lambda b: export.load_keras_model(b.weights), "HDF5 weights file .*--weights"),
-    (lambda b: export.load_keras_model(b.text), "unrecognised file contents"),
-    (lambda b: export.load_keras_model(b.saved_model), "SavedModel directory .*--saved-model"),
-    (lambda b: export.load_saved_model(b.dir), "not a SavedModel directory: it is a directory"),
-    (lambda b: export.load_saved_model(b.keras), ".keras archive .*--model-file"),
-    (lambda b: export.load_saved_model("/no/such/dir"), "no such file"),
-    (lambda b: export.load_weights_model(b.keras, "cnn", SHAPE, CLASSES), "--model-file"),
-    (lambda b: export.load_weights_model(b.text, "cnn", SHAPE, CLASSES), "unrecognised"),
-    (lambda b: export.load_weights_model(b.weights, "resnet20", SHAPE, CLASSES),
-     "do not fit model 'resnet20'"),
-    (lambda b: export.load_weights_model(b.weights, "cnn", SHAPE, 100),
-     r"do not fit model 'cnn' .* 100 classes .*file has \(64, 4\), model needs \(64, 100\)"),
-    (lambda b: export.load_weights_model(b.weights, "vgg", SHAPE, CLASSES), "unknown model"),
-], ids=["missing", "h5-as-keras", "text-as-keras", "sm-as-keras", "dir-as-sm", "keras-as-sm",
-        "missing-sm", "keras-as-weights", "text-as-weights", "resnet-vs-cnn", "10-vs-100",
-        "unknown-model"])
+@pytest.mark.parametrize(
+    "call, pattern",
+    [
+        (lambda b: export.load_keras_model("/no/such/model.keras"), "no such file"),
+        (lambda b: export.load_keras_model(b.weights), "HDF5 weights file .*--weights"),
+        (lambda b: export.load_keras_model(b.text), "unrecognised file contents"),
+        (lambda b: export.load_keras_model(b.saved_model), "SavedModel directory .*--saved-model"),
+        (lambda b: export.load_saved_model(b.dir), "not a SavedModel directory: it is a directory"),
+        (lambda b: export.load_saved_model(b.keras), ".keras archive .*--model-file"),
+        (lambda b: export.load_saved_model("/no/such/dir"), "no such file"),
+        (lambda b: export.load_weights_model(b.keras, "cnn", SHAPE, CLASSES), "--model-file"),
+        (lambda b: export.load_weights_model(b.text, "cnn", SHAPE, CLASSES), "unrecognised"),
+        (
+            lambda b: export.load_weights_model(b.weights, "resnet20", SHAPE, CLASSES),
+            "do not fit model 'resnet20'",
+        ),
+        (
+            lambda b: export.load_weights_model(b.weights, "cnn", SHAPE, 100),
+            r"do not fit model 'cnn' .* 100 classes .*file has \(64, 4\), model needs \(64, 100\)",
+        ),
+        (lambda b: export.load_weights_model(b.weights, "vgg", SHAPE, CLASSES), "unknown model"),
+    ],
+    ids=[
+        "missing",
+        "h5-as-keras",
+        "text-as-keras",
+        "sm-as-keras",
+        "dir-as-sm",
+        "keras-as-sm",
+        "missing-sm",
+        "keras-as-weights",
+        "text-as-weights",
+        "resnet-vs-cnn",
+        "10-vs-100",
+        "unknown-model",
+    ],
+)
 def test_loaders_reject_bad_input_with_one_line(bad_files, call, pattern):
     with pytest.raises(UsageError, match=pattern) as info:
         call(bad_files)
@@ -129,14 +156,15 @@ def test_files_are_recognised_by_content_not_name(trained, tmp_path):
     renamed_weights, renamed_keras = tmp_path / "w.h5", tmp_path / "model.zip"
     renamed_weights.write_bytes(open(trained.written["weights"], "rb").read())
     renamed_keras.write_bytes(open(trained.written["keras"], "rb").read())
-    for form in (export.load_weights_model(str(renamed_weights), "cnn", SHAPE, CLASSES),
-                 export.load_keras_model(str(renamed_keras))):
-        np.testing.assert_allclose(np.asarray(export.make_predict_fn(form)(trained.x)),
-                                   trained.probs, **TIGHT)
+    for form in (
+        export.load_weights_model(str(renamed_weights), "cnn", SHAPE, CLASSES),
+        export.load_keras_model(str(renamed_keras)),
+    ):
+        np.testing.assert_allclose(
+            np.asarray(export.make_predict_fn(form)(trained.x)), trained.probs, **TIGHT
+        )
     legacy = tmp_path / "legacy.h5"
     with h5py.File(legacy, "w") as f:
         f.attrs["layer_names"] = [b"dense"]
     with pytest.raises(UsageError, match="not a Keras 3 weights file"):
         export.load_weights_model(str(legacy), "cnn", SHAPE, CLASSES)
-
-

@@ -20,12 +20,16 @@ def test_weights_file_holds_weights_only_and_export_json_says_how_to_rebuild(tra
         assert "layers" in f and "optimizer" not in f
     assert listing(trained.directory) == ALL_FILES
     meta = export.read_export_meta(trained.written["weights"])
-    assert meta == {"model": "cnn", "image_shape": list(SHAPE), "num_classes": CLASSES,
-                    "dtype_policy": "float32", "formats": ["keras", "saved_model", "weights"]}
+    assert meta == {
+        "model": "cnn",
+        "image_shape": list(SHAPE),
+        "num_classes": CLASSES,
+        "dtype_policy": "float32",
+        "formats": ["keras", "saved_model", "weights"],
+    }
 
 
 # --------------------------------------------------------------------------- atomic export
-
 
 
 def _other_model():
@@ -37,16 +41,17 @@ def _other_model():
     return model, optimizer
 
 
-@pytest.mark.parametrize("fmt, target", [("keras", "_commit_file"),
-                                         ("weights", "_commit_file"),
-                                         ("saved_model", "_commit_dir")])
-def test_crash_after_temp_written_keeps_previous_artifact(trained, tmp_path, monkeypatch,
-                                                          fmt, target):
+@pytest.mark.parametrize(
+    "fmt, target",
+    [("keras", "_commit_file"), ("weights", "_commit_file"), ("saved_model", "_commit_dir")],
+)
+def test_crash_after_temp_written_keeps_previous_artifact(
+    trained, tmp_path, monkeypatch, fmt, target
+):
     out = str(tmp_path)
     export.export_model(trained.model, trained.optimizer, out, formats=[fmt])
     final = os.path.join(out, export.ARTIFACTS[fmt])
-    before = (sha(final) if fmt != "saved_model"
-              else sha(os.path.join(final, "saved_model.pb")))
+    before = sha(final) if fmt != "saved_model" else sha(os.path.join(final, "saved_model.pb"))
 
     def crash(tmp, final_path):
         assert os.path.exists(tmp) and os.path.basename(tmp).startswith(".tmp-")
@@ -98,10 +103,13 @@ def test_replacing_an_export_swaps_whole_artifacts(trained, tmp_path):
     export.export_model(model, optimizer, out)
     assert listing(out) == ALL_FILES
     expected = model.predict_on_batch(trained.x)
-    for form in (export.load_keras_model(os.path.join(out, "model.keras")),
-                 export.load_saved_model(os.path.join(out, "saved_model"))):
-        np.testing.assert_allclose(np.asarray(export.make_predict_fn(form)(trained.x)),
-                                   expected, **TIGHT)
+    for form in (
+        export.load_keras_model(os.path.join(out, "model.keras")),
+        export.load_saved_model(os.path.join(out, "saved_model")),
+    ):
+        np.testing.assert_allclose(
+            np.asarray(export.make_predict_fn(form)(trained.x)), expected, **TIGHT
+        )
 
 
 def test_killed_between_directory_renames_is_repaired_by_the_next_export(trained, tmp_path):
@@ -115,8 +123,9 @@ def test_killed_between_directory_renames_is_repaired_by_the_next_export(trained
     export.export_model(trained.model, trained.optimizer, out, formats=["keras"])
     assert listing(out) == ["export.json", "model.keras", "saved_model"]
     loaded = export.load_saved_model(os.path.join(out, "saved_model"))
-    np.testing.assert_allclose(np.asarray(export.make_predict_fn(loaded)(trained.x)),
-                               trained.probs, **TIGHT)
+    np.testing.assert_allclose(
+        np.asarray(export.make_predict_fn(loaded)(trained.x)), trained.probs, **TIGHT
+    )
 
 
 # --------------------------------------------------------------------------- MirroredStrategy

@@ -46,8 +46,11 @@ with open(HERE / "starts.log", "a") as log:
 
 def _env(extra=None):
     # A Slurm job or a TF_CONFIG around the test run must not turn these into other runs.
-    env = {key: value for key, value in harness_env().items()
-           if not key.startswith("SLURM_") and key != "TF_CONFIG"}
+    env = {
+        key: value
+        for key, value in harness_env().items()
+        if not key.startswith("SLURM_") and key != "TF_CONFIG"
+    }
     return env | (extra or {})
 
 
@@ -85,7 +88,9 @@ def wait_until(predicate, timeout=30):
 
 
 def test_workers_get_one_cluster_and_prefixed_output(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         config = json.loads(os.environ["TF_CONFIG"])
         mark(f"env-{RANK}", json.dumps({"tf_config": config,
                                         "world": os.environ["HARNESS_WORLD_SIZE"],
@@ -93,15 +98,17 @@ def test_workers_get_one_cluster_and_prefixed_output(tmp_path):
         print(f"hello from {RANK}")
         print(f"warning from {RANK}", file=sys.stderr)
         sys.stdout.write(f"no newline {RANK}")
-    """)
+    """,
+    )
     done = launch(["--nproc", "2", "--", *command])
     assert done.returncode == 0, done.stderr
     envs = [json.loads((tmp_path / f"env-{rank}").read_text()) for rank in (0, 1)]
     workers = envs[0]["tf_config"]["cluster"]["worker"]
     assert envs[1]["tf_config"]["cluster"]["worker"] == workers
     assert len(workers) == 2 and len(set(workers)) == 2
-    assert all(address.startswith("localhost:") and int(address.split(":")[1]) > 0
-               for address in workers)
+    assert all(
+        address.startswith("localhost:") and int(address.split(":")[1]) > 0 for address in workers
+    )
     for rank, env in enumerate(envs):
         assert env["tf_config"]["task"] == {"type": "worker", "index": rank}
         assert (env["world"], env["local"]) == ("2", str(rank))
@@ -112,39 +119,50 @@ def test_workers_get_one_cluster_and_prefixed_output(tmp_path):
 
 
 def test_preempted_worker_restarts_the_group(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         mark(f"config-{RANK}-{RESTART}", os.environ["TF_CONFIG"])
         if RANK == 1 and not (HERE / "preempted-once").exists():
             mark("preempted-once")
             sys.exit(42)
         wait_for(f"config-1-{RESTART}")  # worker 0 of attempt 0 outlives worker 1's exit
         time.sleep(0 if RESTART else 30)
-    """)
+    """,
+    )
     done = launch(["--nproc", "2", "--restart-backoff", "0.1", "--", *command])
     assert done.returncode == 0, done.stderr
     assert starts(tmp_path) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert ("worker 1 exited with 42 (preempted after a save); stopping the group; "
-            "restart 1/3 in 0.1 s") in done.stderr
+    assert (
+        "worker 1 exited with 42 (preempted after a save); stopping the group; restart 1/3 in 0.1 s"
+    ) in done.stderr
     again = json.loads((tmp_path / "config-0-1").read_text())
     assert again["cluster"] == json.loads((tmp_path / "config-1-1").read_text())["cluster"]
 
 
 def test_worker_killed_by_sigkill_is_restarted(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         if RESTART == 0:
             if RANK == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)  # must be stopped by the launcher
-    """)
+    """,
+    )
     done = launch(["--nproc", "2", "--restart-backoff", "0", "--", *command])
     assert done.returncode == 0, done.stderr
-    assert ("harness-launch: worker 1 exited with 137 (killed by SIGKILL); "
-            "stopping the group; restart 1/3 in 0.0 s") in done.stderr
+    assert (
+        "harness-launch: worker 1 exited with 137 (killed by SIGKILL); "
+        "stopping the group; restart 1/3 in 0.0 s"
+    ) in done.stderr
     assert starts(tmp_path) == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
 def test_failing_worker_stops_the_group_and_its_children(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         if RANK == 0:
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
             mark("pids", f"{os.getpid()} {child.pid}")
@@ -152,21 +170,26 @@ def test_failing_worker_stops_the_group_and_its_children(tmp_path):
                 time.sleep(1)
         wait_for("pids")
         raise RuntimeError("boom")
-    """)
+    """,
+    )
     started = time.monotonic()
     done = launch(["--nproc", "2", "--max-restarts", "0", "--", *command])
     assert time.monotonic() - started < 60
     assert done.returncode == 1, done.stderr
     assert "[1] RuntimeError: boom" in done.stderr
-    assert ("worker 1 exited with 1; stopping the group; no restarts left "
-            "(--max-restarts 0); exiting with 1") in done.stderr
+    assert (
+        "worker 1 exited with 1; stopping the group; no restarts left "
+        "(--max-restarts 0); exiting with 1"
+    ) in done.stderr
     pids = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
     wait_until(lambda: not any(alive(pid) for pid in pids), timeout=10)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=lambda sig: sig.name)
 def test_signal_is_forwarded_and_ends_the_run_with_42(tmp_path, sig):
-    command = worker(tmp_path, f"""
+    command = worker(
+        tmp_path,
+        f"""
         def preempt(signum, frame):
             mark(f"saved-{{RANK}}-{{signal.Signals(signum).name}}")
             sys.exit(42)
@@ -174,10 +197,16 @@ def test_signal_is_forwarded_and_ends_the_run_with_42(tmp_path, sig):
         mark(f"ready-{{RANK}}")
         while True:
             time.sleep(0.05)
-    """)
-    proc = subprocess.Popen([PYTHON, "-m", "launch", "--nproc", "2", "--", *command],
-                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """,
+    )
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "launch", "--nproc", "2", "--", *command],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: all((tmp_path / f"ready-{rank}").exists() for rank in (0, 1)))
         proc.send_signal(sig)
@@ -192,7 +221,9 @@ def test_signal_is_forwarded_and_ends_the_run_with_42(tmp_path, sig):
 
 
 def test_worker_ignoring_sigterm_is_killed_after_stop_timeout(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         if RANK == 0:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             mark("pid", str(os.getpid()))
@@ -200,22 +231,24 @@ def test_worker_ignoring_sigterm_is_killed_after_stop_timeout(tmp_path):
                 time.sleep(1)
         wait_for("pid")
         sys.exit(3)
-    """)
+    """,
+    )
     started = time.monotonic()
-    done = launch(["--nproc", "2", "--max-restarts", "0", "--stop-timeout", "1", "--",
-                   *command])
+    done = launch(["--nproc", "2", "--max-restarts", "0", "--stop-timeout", "1", "--", *command])
     elapsed = time.monotonic() - started
     assert done.returncode == 3, done.stderr
     assert 1 <= elapsed < 20
-    assert ("workers 0 did not exit within --stop-timeout 1 s; sending SIGKILL"
-            in done.stderr)
+    assert "workers 0 did not exit within --stop-timeout 1 s; sending SIGKILL" in done.stderr
     assert not alive(int((tmp_path / "pid").read_text()))
 
 
 def test_single_worker_is_restarted_after_preemption(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         sys.exit(0 if RESTART else 42)
-    """)
+    """,
+    )
     done = launch(["--nproc", "1", "--restart-backoff", "0", "--", *command])
     assert done.returncode == 0, done.stderr
     assert starts(tmp_path) == [(0, 0), (0, 1)]
@@ -224,8 +257,7 @@ def test_single_worker_is_restarted_after_preemption(tmp_path):
 
 def test_spent_restarts_exit_with_the_workers_code(tmp_path):
     command = worker(tmp_path, "sys.exit(42)\n")
-    done = launch(["--nproc", "1", "--max-restarts", "2", "--restart-backoff", "0", "--",
-                   *command])
+    done = launch(["--nproc", "1", "--max-restarts", "2", "--restart-backoff", "0", "--", *command])
     assert done.returncode == 42, done.stderr
     assert starts(tmp_path) == [(0, 0), (0, 1), (0, 2)]
     assert "no restarts left (--max-restarts 2); exiting with 42" in done.stderr
@@ -240,29 +272,50 @@ def test_bad_usage_exit_of_a_worker_is_not_restarted(tmp_path):
 
 
 def test_worker_done_while_another_hangs_stops_the_group(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         if RANK == 1:
             time.sleep(60)
-    """)
-    done = launch(["--nproc", "2", "--max-restarts", "0", "--stop-timeout", "0.5", "--",
-                   *command])
+    """,
+    )
+    done = launch(["--nproc", "2", "--max-restarts", "0", "--stop-timeout", "0.5", "--", *command])
     assert done.returncode == 1, done.stderr
     assert "worker 0 exited with 0 but workers 1 still run after 0.5 s" in done.stderr
 
 
 def test_node_of_a_multi_host_run_starts_its_own_ranks(tmp_path):
-    command = worker(tmp_path, """
+    command = worker(
+        tmp_path,
+        """
         mark(f"config-{RANK}", os.environ["TF_CONFIG"])
         mark(f"local-{RANK}", os.environ["HARNESS_LOCAL_RANK"])
-    """)
-    done = launch(["--nproc", "4", "--hosts", "alpha:2,beta:2", "--node-rank", "1",
-                   "--master-port", "23456", "--", *command])
+    """,
+    )
+    done = launch(
+        [
+            "--nproc",
+            "4",
+            "--hosts",
+            "alpha:2,beta:2",
+            "--node-rank",
+            "1",
+            "--master-port",
+            "23456",
+            "--",
+            *command,
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert starts(tmp_path) == [(2, 0), (3, 0)]
     for rank in (2, 3):
         config = json.loads((tmp_path / f"config-{rank}").read_text())
-        assert config["cluster"]["worker"] == ["alpha:23456", "alpha:23457",
-                                               "beta:23456", "beta:23457"]
+        assert config["cluster"]["worker"] == [
+            "alpha:23456",
+            "alpha:23457",
+            "beta:23456",
+            "beta:23457",
+        ]
         assert config["task"] == {"type": "worker", "index": rank}
         assert (tmp_path / f"local-{rank}").read_text() == str(rank - 2)
 
@@ -277,25 +330,48 @@ BAD_INPUT = {
     "nproc negative": (["--nproc", "-3"], {}, "--nproc must be at least 1"),
     "nproc not a number": (["--nproc", "two"], {}, "--nproc"),
     "no nproc": ([], {}, "--nproc is required"),
-    "missing hostfile": (["--nproc", "2", "--hostfile", "{tmp}/nope"], {},
-                         "cannot read it"),
-    "malformed hostfile": (["--nproc", "4", "--hostfile", "{hostfile}"], {},
-                           "line 2: expected 'host slots=N' or 'host:N'"),
-    "hosts and hostfile": (["--nproc", "2", "--hosts", "a:2", "--hostfile", "{hostfile}"],
-                           {}, "either --hosts or --hostfile"),
+    "missing hostfile": (["--nproc", "2", "--hostfile", "{tmp}/nope"], {}, "cannot read it"),
+    "malformed hostfile": (
+        ["--nproc", "4", "--hostfile", "{hostfile}"],
+        {},
+        "line 2: expected 'host slots=N' or 'host:N'",
+    ),
+    "hosts and hostfile": (
+        ["--nproc", "2", "--hosts", "a:2", "--hostfile", "{hostfile}"],
+        {},
+        "either --hosts or --hostfile",
+    ),
     "malformed hosts": (["--nproc", "2", "--hosts", "a,b"], {}, "expected host:slots"),
-    "node rank out of range": (["--nproc", "4", "--hosts", "a:2,b:2", "--node-rank", "2"],
-                               {}, "--node-rank 2 is out of range"),
-    "nproc against slots": (["--nproc", "3", "--hosts", "a:2,b:2", "--node-rank", "0"], {},
-                            "--nproc 3 does not match the 4 slots of --hosts"),
-    "TF_CONFIG not JSON": (["--nproc", "1"], {"TF_CONFIG": "{not json"},
-                           "TF_CONFIG in the environment is malformed"),
-    "TF_CONFIG without task": (["--nproc", "1"], {"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}}'},
-                               "TF_CONFIG in the environment is malformed"),
-    "negative max restarts": (["--nproc", "1", "--max-restarts", "-1"], {},
-                              "--max-restarts must be at least 0"),
-    "zero stop timeout": (["--nproc", "1", "--stop-timeout", "0"], {},
-                          "--stop-timeout must be more than 0"),
+    "node rank out of range": (
+        ["--nproc", "4", "--hosts", "a:2,b:2", "--node-rank", "2"],
+        {},
+        "--node-rank 2 is out of range",
+    ),
+    "nproc against slots": (
+        ["--nproc", "3", "--hosts", "a:2,b:2", "--node-rank", "0"],
+        {},
+        "--nproc 3 does not match the 4 slots of --hosts",
+    ),
+    "TF_CONFIG not JSON": (
+        ["--nproc", "1"],
+        {"TF_CONFIG": "{not json"},
+        "TF_CONFIG in the environment is malformed",
+    ),
+    "TF_CONFIG without task": (
+        ["--nproc", "1"],
+        {"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}}'},
+        "TF_CONFIG in the environment is malformed",
+    ),
+    "negative max restarts": (
+        ["--nproc", "1", "--max-restarts", "-1"],
+        {},
+        "--max-restarts must be at least 0",
+    ),
+    "zero stop timeout": (
+        ["--nproc", "1", "--stop-timeout", "0"],
+        {},
+        "--stop-timeout must be more than 0",
+    ),
     "unknown flag": (["--nproc", "1", "--nprocs", "2"], {}, "unrecognized arguments"),
 }
 
@@ -309,10 +385,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
     _assert_usage_error(done, expected)  # one line: not even a "starting" event
 
 
-@pytest.mark.parametrize("command, expected", [
-    ([], "no command given"),
-    (["no-such-command-xyz", "--flag"], "command not found: no-such-command-xyz"),
-])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ([], "no command given"),
+        (["no-such-command-xyz", "--flag"], "command not found: no-such-command-xyz"),
+    ],
+)
 def test_bad_command_is_one_line_and_exit_2(command, expected):
     done = launch(["--nproc", "1", "--", *command], timeout=30)
     _assert_usage_error(done, expected)
@@ -326,20 +405,24 @@ def test_command_without_separator_is_refused():
 def test_horovod_backend_without_horovod_is_exit_2():
     if shutil.which("horovodrun") or (Path(PYTHON).parent / "horovodrun").exists():
         pytest.skip("horovod is installed here")
-    done = launch(["--nproc", "2", "--backend", "horovod", "--", PYTHON, "-c", "pass"],
-                  timeout=30)
+    done = launch(["--nproc", "2", "--backend", "horovod", "--", PYTHON, "-c", "pass"], timeout=30)
     _assert_usage_error(done, plan.HOROVOD_MISSING)
 
 
 def test_horovod_backend_runs_horovodrun_once(tmp_path):
     fake = tmp_path / "bin" / "horovodrun"
     fake.parent.mkdir()
-    fake.write_text(f"#!{PYTHON}\nimport os, sys\n"
-                    "print(' '.join(sys.argv[1:]), os.environ['HARNESS_RESTART_COUNT'])\n")
+    fake.write_text(
+        f"#!{PYTHON}\nimport os, sys\n"
+        "print(' '.join(sys.argv[1:]), os.environ['HARNESS_RESTART_COUNT'])\n"
+    )
     fake.chmod(0o755)
     path = os.pathsep.join([str(fake.parent), os.environ.get("PATH", "")])
-    done = launch(["--nproc", "2", "--backend", "horovod", "--", PYTHON, "t.py"],
-                  env={"PATH": path}, timeout=30)
+    done = launch(
+        ["--nproc", "2", "--backend", "horovod", "--", PYTHON, "t.py"],
+        env={"PATH": path},
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"--gloo -np 2 -H localhost:2 {PYTHON} t.py 0\n"  # no prefix
     assert "harness-launch: starting horovodrun" in done.stderr

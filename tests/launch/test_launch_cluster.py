@@ -19,17 +19,21 @@ def resolve(**flags):
 
 # --- hosts and hostfiles ---------------------------------------------------------
 
+
 def test_hosts_flag_is_parsed_in_order():
     assert cluster.parse_hosts("alpha:2, beta:3") == HOSTS
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("alpha", "expected host:slots"),
-    ("alpha:2,", "expected host:slots"),
-    ("alpha:x", "expected host:slots"),
-    ("alpha:0", "needs at least 1 slot"),
-    ("alpha:1,alpha:1", "host alpha is listed twice"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("alpha", "expected host:slots"),
+        ("alpha:2,", "expected host:slots"),
+        ("alpha:x", "expected host:slots"),
+        ("alpha:0", "needs at least 1 slot"),
+        ("alpha:1,alpha:1", "host alpha is listed twice"),
+    ],
+)
 def test_bad_hosts_flag_is_a_usage_error(text, expected):
     with pytest.raises(UsageError, match=expected):
         cluster.parse_hosts(text)
@@ -41,13 +45,16 @@ def test_hostfile_takes_both_formats_comments_and_blank_lines(tmp_path):
     assert cluster.parse_hostfile(str(path)) == HOSTS
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("alpha slots=2\nbeta\n", "line 2: expected 'host slots=N' or 'host:N', got 'beta'"),
-    ("alpha slots=two\n", "line 1"),
-    ("alpha slots=2 max_slots=4\n", "line 1"),
-    ("# nothing\n\n", "lists no hosts"),
-    ("alpha:2\nalpha slots=1\n", "listed twice"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("alpha slots=2\nbeta\n", "line 2: expected 'host slots=N' or 'host:N', got 'beta'"),
+        ("alpha slots=two\n", "line 1"),
+        ("alpha slots=2 max_slots=4\n", "line 1"),
+        ("# nothing\n\n", "lists no hosts"),
+        ("alpha:2\nalpha slots=1\n", "listed twice"),
+    ],
+)
 def test_malformed_hostfile_is_a_usage_error(tmp_path, text, expected):
     path = tmp_path / "hosts"
     path.write_text(text)
@@ -65,6 +72,7 @@ def test_unreadable_hostfile_is_a_usage_error(tmp_path):
 
 # --- the spec: ranks, ports, TF_CONFIG ----------------------------------------------
 
+
 def test_local_spec_picks_fresh_free_ports():
     spec = resolve(nproc=3)
     assert (spec.world_size, spec.local_size, spec.rank_offset) == (3, 3, 0)
@@ -81,31 +89,40 @@ def test_local_spec_with_a_master_port_is_deterministic():
 def test_node_rank_offsets_the_global_ranks_and_ports_are_per_host():
     spec = resolve(hosts="alpha:2,beta:3", node_rank=1)
     assert (spec.world_size, spec.local_size, spec.rank_offset) == (5, 3, 2)
-    assert spec.worker_addresses() == ["alpha:29500", "alpha:29501", "beta:29500",
-                                       "beta:29501", "beta:29502"]
+    assert spec.worker_addresses() == [
+        "alpha:29500",
+        "alpha:29501",
+        "beta:29500",
+        "beta:29501",
+        "beta:29502",
+    ]
 
 
 def test_node_rank_is_found_by_host_name(tmp_path):
     assert resolve(hosts="alpha:2,beta:3", hostname="beta").node_rank == 1
-    assert resolve(hosts="alpha.example.org:2,beta.example.org:3",
-                   hostname="beta").node_rank == 1
+    assert resolve(hosts="alpha.example.org:2,beta.example.org:3", hostname="beta").node_rank == 1
     assert resolve(hosts="alpha:2,beta:3", hostname="alpha.example.org").node_rank == 0
     with pytest.raises(UsageError, match=r"--node-rank is required: this host \(gamma\)"):
         resolve(hosts="alpha:2,beta:3", hostname="gamma")
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ({"hosts": "alpha:2,beta:3", "node_rank": 2}, "--node-rank 2 is out of range"),
-    ({"hosts": "alpha:2,beta:3", "node_rank": 0, "nproc": 4},
-     "--nproc 4 does not match the 5 slots of --hosts"),
-    ({"nproc": 0}, "--nproc must be at least 1"),
-    ({"nproc": -2}, "--nproc must be at least 1"),
-    ({}, "--nproc is required"),
-    ({"nproc": 2, "node_rank": 1}, "--node-rank 1 needs --hosts or --hostfile"),
-    ({"hosts": "alpha:2", "hostfile": "hosts"}, "either --hosts or --hostfile"),
-    ({"hosts": "alpha:2", "master_port": 65535}, "ports 65535..65536"),
-    ({"nproc": 1, "master_port": 0}, "--master-port 0"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"hosts": "alpha:2,beta:3", "node_rank": 2}, "--node-rank 2 is out of range"),
+        (
+            {"hosts": "alpha:2,beta:3", "node_rank": 0, "nproc": 4},
+            "--nproc 4 does not match the 5 slots of --hosts",
+        ),
+        ({"nproc": 0}, "--nproc must be at least 1"),
+        ({"nproc": -2}, "--nproc must be at least 1"),
+        ({}, "--nproc is required"),
+        ({"nproc": 2, "node_rank": 1}, "--node-rank 1 needs --hosts or --hostfile"),
+        ({"hosts": "alpha:2", "hostfile": "hosts"}, "either --hosts or --hostfile"),
+        ({"hosts": "alpha:2", "master_port": 65535}, "ports 65535..65536"),
+        ({"nproc": 1, "master_port": 0}, "--master-port 0"),
+    ],
+)
 def test_inconsistent_flags_are_usage_errors(flags, expected):
     with pytest.raises(UsageError, match=expected):
         resolve(**flags)
@@ -121,19 +138,22 @@ def test_free_ports_are_distinct_and_bindable():
 
 # --- Slurm ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("nodelist, expected", [
-    ("node[01-03],gpu5", ["node01", "node02", "node03", "gpu5"]),
-    ("n[1,3-4]", ["n1", "n3", "n4"]),
-    ("node[08-10]", ["node08", "node09", "node10"]),
-    ("rack[1-2]-n[7-8]", ["rack1-n7", "rack1-n8", "rack2-n7", "rack2-n8"]),
-    ("single", ["single"]),
-])
+
+@pytest.mark.parametrize(
+    "nodelist, expected",
+    [
+        ("node[01-03],gpu5", ["node01", "node02", "node03", "gpu5"]),
+        ("n[1,3-4]", ["n1", "n3", "n4"]),
+        ("node[08-10]", ["node08", "node09", "node10"]),
+        ("rack[1-2]-n[7-8]", ["rack1-n7", "rack1-n8", "rack2-n7", "rack2-n8"]),
+        ("single", ["single"]),
+    ],
+)
 def test_slurm_nodelists_expand(nodelist, expected):
     assert slurm.expand_nodelist(nodelist) == expected
 
 
-@pytest.mark.parametrize("nodelist", ["node[1-", "node[3-1]", "a,,b", "n[[1]]", "n[a-b]",
-                                      "n[]"])
+@pytest.mark.parametrize("nodelist", ["node[1-", "node[3-1]", "a,,b", "n[[1]]", "n[a-b]", "n[]"])
 def test_nodelists_the_parser_refuses(nodelist):
     with pytest.raises(ValueError):
         slurm.expand_nodelist(nodelist)
@@ -150,16 +170,23 @@ def test_refused_nodelist_goes_to_scontrol_or_is_a_usage_error(tmp_path, monkeyp
 
 
 def slurm_env(**extra):
-    return {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[01-03]",
-            "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_STEP_NUM_NODES": "2",
-            "SLURM_STEP_NUM_TASKS": "2", "SLURMD_NODENAME": "node02",
-            "SLURM_NODEID": "1"} | extra
+    return {
+        "SLURM_JOB_ID": "7",
+        "SLURM_JOB_NODELIST": "node[01-03]",
+        "SLURM_STEP_NODELIST": "node[01-02]",
+        "SLURM_STEP_NUM_NODES": "2",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURMD_NODENAME": "node02",
+        "SLURM_NODEID": "1",
+    } | extra
 
 
 def test_slurm_step_gives_hosts_and_node_rank():
     spec = cluster.resolve(nproc=4, env=slurm_env())
-    assert spec.hosts == (cluster.Host(name="node01", slots=2),
-                          cluster.Host(name="node02", slots=2))
+    assert spec.hosts == (
+        cluster.Host(name="node01", slots=2),
+        cluster.Host(name="node02", slots=2),
+    )
     assert (spec.node_rank, spec.rank_offset, spec.master_port) == (1, 2, 29500)
 
 
@@ -180,12 +207,15 @@ def test_one_node_slurm_job_is_a_local_run():
     assert cluster.resolve(nproc=2, env=env).master_port is None
 
 
-@pytest.mark.parametrize("env, nproc, expected", [
-    (slurm_env(SLURM_STEP_NUM_NODES=None), 4, "srun --ntasks-per-node=1"),
-    (slurm_env(SLURM_STEP_NUM_TASKS="8"), 4, "runs 8 tasks on 2 nodes"),
-    (slurm_env(), 3, "--nproc 3 does not split evenly over the Slurm job's 2 nodes"),
-    (slurm_env(), None, "--nproc is required"),
-])
+@pytest.mark.parametrize(
+    "env, nproc, expected",
+    [
+        (slurm_env(SLURM_STEP_NUM_NODES=None), 4, "srun --ntasks-per-node=1"),
+        (slurm_env(SLURM_STEP_NUM_TASKS="8"), 4, "runs 8 tasks on 2 nodes"),
+        (slurm_env(), 3, "--nproc 3 does not split evenly over the Slurm job's 2 nodes"),
+        (slurm_env(), None, "--nproc is required"),
+    ],
+)
 def test_slurm_setups_that_would_hang_are_refused(env, nproc, expected):
     env = {key: value for key, value in env.items() if value is not None}
     with pytest.raises(UsageError, match=expected):
@@ -201,10 +231,12 @@ def test_horovod_launcher_in_a_batch_script_is_fine():
 
 # --- plans -----------------------------------------------------------------------
 
+
 def test_multiworker_plan_gives_each_worker_its_rank_and_the_restart_count():
     spec = resolve(hosts="alpha:2,beta:3", node_rank=1)
-    make = plan.make_plan(backend="multiworker", spec=spec, command=["python", "t.py"],
-                          env={"HOME": "/h"})
+    make = plan.make_plan(
+        backend="multiworker", spec=spec, command=["python", "t.py"], env={"HOME": "/h"}
+    )
     workers = make(2)
     assert [worker.rank for worker in workers] == [2, 3, 4]
     for local_rank, worker in enumerate(workers):
@@ -220,38 +252,57 @@ def test_multiworker_plan_gives_each_worker_its_rank_and_the_restart_count():
 
 
 def test_existing_tf_config_is_kept_for_one_supervised_task():
-    raw = json.dumps({"cluster": {"chief": ["c:1"], "worker": ["w:1", "w:2"]},
-                      "task": {"type": "worker", "index": 1}})
-    make = plan.make_plan(backend="multiworker", spec=resolve(nproc=1), command=["x"],
-                          env={"TF_CONFIG": raw})
+    raw = json.dumps(
+        {
+            "cluster": {"chief": ["c:1"], "worker": ["w:1", "w:2"]},
+            "task": {"type": "worker", "index": 1},
+        }
+    )
+    make = plan.make_plan(
+        backend="multiworker", spec=resolve(nproc=1), command=["x"], env={"TF_CONFIG": raw}
+    )
     [worker] = make(0)
     assert worker.env["TF_CONFIG"] == raw
     assert (worker.rank, worker.env["HARNESS_WORLD_SIZE"]) == (2, "3")
     with pytest.raises(UsageError, match="already describes a cluster"):
-        plan.make_plan(backend="multiworker", spec=resolve(nproc=2), command=["x"],
-                       env={"TF_CONFIG": raw})
+        plan.make_plan(
+            backend="multiworker", spec=resolve(nproc=2), command=["x"], env={"TF_CONFIG": raw}
+        )
 
 
 def test_horovodrun_command_line():
-    argv = plan.horovod_argv(horovodrun="/bin/horovodrun", spec=resolve(nproc=2),
-                             command=["python", "t.py"], mpi=False, mpirun=None)
-    assert argv == ("/bin/horovodrun", "--gloo", "-np", "2", "-H", "localhost:2",
-                    "python", "t.py")
+    argv = plan.horovod_argv(
+        horovodrun="/bin/horovodrun",
+        spec=resolve(nproc=2),
+        command=["python", "t.py"],
+        mpi=False,
+        mpirun=None,
+    )
+    assert argv == ("/bin/horovodrun", "--gloo", "-np", "2", "-H", "localhost:2", "python", "t.py")
     spec = resolve(hosts="alpha:2,beta:3", launcher_per_node=False)
-    argv = plan.horovod_argv(horovodrun="hvd", spec=spec, command=["t"], mpi=True,
-                             mpirun="/usr/bin/mpirun")
+    argv = plan.horovod_argv(
+        horovodrun="hvd", spec=spec, command=["t"], mpi=True, mpirun="/usr/bin/mpirun"
+    )
     assert argv == ("hvd", "--mpi", "-np", "5", "-H", "alpha:2,beta:3", "t")
 
 
-@pytest.mark.parametrize("flags, mpi, mpirun, expected", [
-    ({"nproc": 2}, True, None, "--mpi: mpirun is not installed"),
-    ({"hosts": "alpha:2,beta:3", "node_rank": 1}, False, None,
-     "run harness-launch on the first host only"),
-])
+@pytest.mark.parametrize(
+    "flags, mpi, mpirun, expected",
+    [
+        ({"nproc": 2}, True, None, "--mpi: mpirun is not installed"),
+        (
+            {"hosts": "alpha:2,beta:3", "node_rank": 1},
+            False,
+            None,
+            "run harness-launch on the first host only",
+        ),
+    ],
+)
 def test_horovodrun_refusals(flags, mpi, mpirun, expected):
     with pytest.raises(UsageError, match=expected):
-        plan.horovod_argv(horovodrun="hvd", spec=resolve(**flags), command=["t"], mpi=mpi,
-                          mpirun=mpirun)
+        plan.horovod_argv(
+            horovodrun="hvd", spec=resolve(**flags), command=["t"], mpi=mpi, mpirun=mpirun
+        )
 
 
 def test_missing_horovodrun_names_the_install(monkeypatch):
@@ -283,6 +334,7 @@ def test_bare_command_beside_this_python_runs_from_there(monkeypatch):
 
 # --- supervisor rules and flags -------------------------------------------------------
 
+
 def test_backoff_doubles_and_is_capped():
     assert [supervisor.backoff_seconds(n, 1.0) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
     assert supervisor.backoff_seconds(20, 1.0) == supervisor.BACKOFF_CAP_SECONDS
@@ -293,23 +345,36 @@ def test_next_step_says_what_follows():
     options = supervisor.Options(max_restarts=3, restart_backoff=1.0)
     assert supervisor.next_step(137, restart=1, options=options) == "restart 2/3 in 2.0 s"
     assert supervisor.next_step(1, restart=3, options=options) == (
-        "no restarts left (--max-restarts 3); exiting with 1")
+        "no restarts left (--max-restarts 3); exiting with 1"
+    )
     assert supervisor.next_step(2, restart=0, options=options).startswith("not restarting")
 
 
 def exits(*codes, stopped=()):
-    return [supervisor.Exit(rank=rank, label=f"worker {rank}", code=code, signal=None,
-                            stopped=rank in stopped, at=0.0) for rank, code in enumerate(codes)]
+    return [
+        supervisor.Exit(
+            rank=rank,
+            label=f"worker {rank}",
+            code=code,
+            signal=None,
+            stopped=rank in stopped,
+            at=0.0,
+        )
+        for rank, code in enumerate(codes)
+    ]
 
 
-@pytest.mark.parametrize("codes, stopped, expected", [
-    ((0, 0), (), 0),
-    ((42, 42), (), 42),
-    ((42, 0), (), 42),
-    ((42, 1), (), 1),
-    ((42, 137), (1,), 1),  # the launcher had to SIGKILL it: the save is not certain
-    ((143, 42), (), 143),
-])
+@pytest.mark.parametrize(
+    "codes, stopped, expected",
+    [
+        ((0, 0), (), 0),
+        ((42, 42), (), 42),
+        ((42, 0), (), 42),
+        ((42, 1), (), 1),
+        ((42, 137), (1,), 1),  # the launcher had to SIGKILL it: the save is not certain
+        ((143, 42), (), 143),
+    ],
+)
 def test_exit_code_after_a_forwarded_signal(codes, stopped, expected):
     assert supervisor.code_after_signal(exits(*codes, stopped=stopped)) == expected
 
@@ -321,12 +386,15 @@ def test_flags_and_command_split_at_the_first_separator():
     assert command == ["python", "t.py", "--", "--x"]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--nproc", "1", "--restart-backoff", "nan", "--"], "--restart-backoff must be"),
-    (["--nproc", "1", "--node-rank", "-1", "--"], "--node-rank must be at least 0"),
-    (["--nproc", "1", "--backend", "mpi", "--"], "invalid choice"),
-    (["--nproc", "1", "--stop-timeout", "-1", "--"], "--stop-timeout must be more than 0"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--nproc", "1", "--restart-backoff", "nan", "--"], "--restart-backoff must be"),
+        (["--nproc", "1", "--node-rank", "-1", "--"], "--node-rank must be at least 0"),
+        (["--nproc", "1", "--backend", "mpi", "--"], "invalid choice"),
+        (["--nproc", "1", "--stop-timeout", "-1", "--"], "--stop-timeout must be more than 0"),
+    ],
+)
 def test_bad_flags_are_usage_errors(argv, expected):
     with pytest.raises(UsageError, match=expected):
         cli.parse(argv)
@@ -341,10 +409,12 @@ def test_horovod_refuses_a_tf_config(monkeypatch):
     monkeypatch.setattr(plan, "find_horovodrun", lambda: "hvd")
     raw = json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}})
     with pytest.raises(UsageError, match="unset it for --backend horovod"):
-        plan.make_plan(backend="horovod", spec=resolve(nproc=1), command=["t"],
-                       env={"TF_CONFIG": raw})
-    make = plan.make_plan(backend="horovod", spec=resolve(nproc=2), command=["t"],
-                          env=dict(os.environ))
+        plan.make_plan(
+            backend="horovod", spec=resolve(nproc=1), command=["t"], env={"TF_CONFIG": raw}
+        )
+    make = plan.make_plan(
+        backend="horovod", spec=resolve(nproc=2), command=["t"], env=dict(os.environ)
+    )
     [process] = make(1)
     assert process.argv[:2] == ("hvd", "--gloo") and process.prefix == ""
     assert process.env["HARNESS_RESTART_COUNT"] == "1"

@@ -33,8 +33,10 @@ class Poison(keras.layers.Layer):
     def _factors(self):
         self.calls += 1
         nan = np.float32("nan")
-        return (np.float32(nan if self.calls in self.loss_at else 1.0),
-                np.float32(nan if self.calls in self.grads_at else 1.0))
+        return (
+            np.float32(nan if self.calls in self.loss_at else 1.0),
+            np.float32(nan if self.calls in self.grads_at else 1.0),
+        )
 
     def call(self, x):
         forward, backward = tf.py_function(self._factors, [], [tf.float32, tf.float32])
@@ -45,6 +47,7 @@ class Poison(keras.layers.Layer):
         @tf.custom_gradient
         def poisoned(x):
             return x * forward, lambda dy: dy * backward
+
         return poisoned(x)
 
     def compute_output_shape(self, input_shape):
@@ -52,13 +55,24 @@ class Poison(keras.layers.Layer):
 
 
 def make_trainer(*, loss_at=(), grads_at=(), limit=1, optimizer=None):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5),
-                              Poison(loss_at, grads_at), keras.layers.Dense(3, "softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(5),
+            Poison(loss_at, grads_at),
+            keras.layers.Dense(3, "softmax"),
+        ]
+    )
     optimizer = optimizer or keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
-    trainer = Trainer(backend=distribute.Backend(strategy=tf.distribute.get_strategy()),
-                      model=model, optimizer=optimizer, global_batch_size=8,
-                      stop_flag=PreemptionWatcher(signal_names=()).flag, nonfinite_limit=limit)
+    trainer = Trainer(
+        backend=distribute.Backend(strategy=tf.distribute.get_strategy()),
+        model=model,
+        optimizer=optimizer,
+        global_batch_size=8,
+        stop_flag=PreemptionWatcher(signal_names=()).flag,
+        nonfinite_limit=limit,
+    )
     batch = (tf.random.stateless_uniform([8, 4], seed=[1, 2]), tf.range(8, dtype=tf.int32) % 3)
     return trainer, iter(tf.data.Dataset.from_tensors(batch).repeat())
 
@@ -110,8 +124,9 @@ def test_skip_stops_after_n_consecutive_nonfinite_steps_and_a_good_step_resets_t
 def test_mixed_float16_loss_scale_overflows_are_not_nonfinite_steps():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1),
-                                                        initial_scale=2.0 ** 60)
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=2.0**60
+        )
         trainer, iterator = make_trainer(optimizer=optimizer)
         assert not trainer.check_gradients
         sums = trainer.train(iterator, 8)
@@ -119,15 +134,33 @@ def test_mixed_float16_loss_scale_overflows_are_not_nonfinite_steps():
         keras.mixed_precision.set_global_policy("float32")
     assert int(trainer.step.numpy()) == 8 and sums[NONFINITE] == 0
     assert not trainer.nonfinite_stopped()
-    assert float(optimizer.dynamic_scale.numpy()) < 2.0 ** 60  # it skipped overflows itself
+    assert float(optimizer.dynamic_scale.numpy()) < 2.0**60  # it skipped overflows itself
 
 
 # A run that diverges within a few steps here: SGD at rate 3, batch 16, synthetic data
 # (loss nan from about step 7; at rate 50, step 4).
-DIVERGING = ["--dataset", "synthetic", "--optimizer", "sgd", "--learning-rate", "3",
-             "--batch-size", "16", "--steps-per-call", "2", "--log-every", "2",
-             "--checkpoint-every", "2", "--eval-every", "0", "--precision", "fp32",
-             "--steps", "60"]
+DIVERGING = [
+    "--dataset",
+    "synthetic",
+    "--optimizer",
+    "sgd",
+    "--learning-rate",
+    "3",
+    "--batch-size",
+    "16",
+    "--steps-per-call",
+    "2",
+    "--log-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--eval-every",
+    "0",
+    "--precision",
+    "fp32",
+    "--steps",
+    "60",
+]
 
 
 @pytest.fixture
@@ -147,7 +180,8 @@ def latest_is_finite(path):
 
 
 def test_a_diverging_run_stops_with_exit_1_and_keeps_its_last_good_checkpoint(
-        tmp_path, capsys, float32_policy_after):
+    tmp_path, capsys, float32_policy_after
+):
     assert train_main(["--workdir", str(tmp_path), *DIVERGING]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "non-finite loss at step " in err, err
@@ -160,9 +194,20 @@ def test_a_diverging_run_stops_with_exit_1_and_keeps_its_last_good_checkpoint(
 
 
 def test_skip_counts_skipped_steps_in_the_metrics_then_stops_after_n(
-        tmp_path, capsys, float32_policy_after):
-    code = train_main(["--workdir", str(tmp_path), *DIVERGING, "--on-nonfinite", "skip",
-                       "--max-nonfinite-skips", "3", "--no-export"])
+    tmp_path, capsys, float32_policy_after
+):
+    code = train_main(
+        [
+            "--workdir",
+            str(tmp_path),
+            *DIVERGING,
+            "--on-nonfinite",
+            "skip",
+            "--max-nonfinite-skips",
+            "3",
+            "--no-export",
+        ]
+    )
     assert code == 1  # once diverged, every step is non-finite: 3 in a row
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "3 consecutive steps up to step" in err, err
@@ -176,9 +221,30 @@ def test_the_flags_are_validated_and_recorded(tmp_path, capsys, float32_policy_a
     assert "--on-nonfinite: unknown on nonfinite 'retry'" in capsys.readouterr().err
     assert train_main(["--workdir", str(tmp_path), "--max-nonfinite-skips", "0"]) == 2
     assert "--max-nonfinite-skips must be positive" in capsys.readouterr().err
-    assert train_main(["--workdir", str(tmp_path), "--dataset", "synthetic", "--steps", "2",
-                       "--batch-size", "8", "--steps-per-call", "2", "--eval-every", "0",
-                       "--no-export", "--precision", "fp32", "--on-nonfinite", "skip"]) == 0
+    assert (
+        train_main(
+            [
+                "--workdir",
+                str(tmp_path),
+                "--dataset",
+                "synthetic",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--steps-per-call",
+                "2",
+                "--eval-every",
+                "0",
+                "--no-export",
+                "--precision",
+                "fp32",
+                "--on-nonfinite",
+                "skip",
+            ]
+        )
+        == 0
+    )
     config = workdir.read_config(str(tmp_path), required=True)
     assert config["on_nonfinite"] == "skip" and config["max_nonfinite_skips"] == 10
 
@@ -187,11 +253,33 @@ def test_the_flags_are_validated_and_recorded(tmp_path, capsys, float32_policy_a
 def test_the_issue_reproduction_through_python_m_train(tmp_path):
     """Issue 19: sgd at rate 50 used to save NaN checkpoints, delete the good ones with
     --keep, export a NaN model and exit 0."""
-    proc = run_module("train", "--workdir", tmp_path, "--dataset", "synthetic",
-                      "--optimizer", "sgd", "--learning-rate", "50", "--batch-size", "16",
-                      "--steps", "200", "--steps-per-call", "1", "--log-every", "1",
-                      "--checkpoint-every", "1", "--keep", "3", "--eval-every", "0",
-                      env=harness_env(), check_exit=1)
+    proc = run_module(
+        "train",
+        "--workdir",
+        tmp_path,
+        "--dataset",
+        "synthetic",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "50",
+        "--batch-size",
+        "16",
+        "--steps",
+        "200",
+        "--steps-per-call",
+        "1",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--keep",
+        "3",
+        "--eval-every",
+        "0",
+        env=harness_env(),
+        check_exit=1,
+    )
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "non-finite loss at step" in lines[0], proc.stderr
     step = latest_is_finite(tmp_path)
@@ -203,9 +291,13 @@ def test_mirrored_replicas_agree_to_skip_when_one_replica_goes_nonfinite():
     """Two logical CPUs under MirroredStrategy (a process of its own: devices are set before
     TensorFlow starts); only replica 0's gradients are NaN at step 2, and both skip it."""
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for conftest
-    proc = subprocess.run([sys.executable, __file__, "mirrored"],
-                          env=harness_env(PYTHONPATH=tests),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, __file__, "mirrored"],
+        env=harness_env(PYTHONPATH=tests),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "mirrored ok" in proc.stdout, proc.stderr[-3000:]
 
 
@@ -215,16 +307,30 @@ def _mirrored_check():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         # Forward passes 1, 2 are step 1 (one per replica); 3 is replica 0 of step 2.
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5),
-                                  Poison(grads_at={3}), keras.layers.Dense(3, "softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(5),
+                Poison(grads_at={3}),
+                keras.layers.Dense(3, "softmax"),
+            ]
+        )
         optimizer = keras.optimizers.Adam(0.01)
         optimizer.build(model.trainable_variables)
-        trainer = Trainer(backend=distribute.Backend(strategy=strategy), model=model,
-                          optimizer=optimizer, global_batch_size=8,
-                          stop_flag=PreemptionWatcher(signal_names=()).flag, nonfinite_limit=10)
+        trainer = Trainer(
+            backend=distribute.Backend(strategy=strategy),
+            model=model,
+            optimizer=optimizer,
+            global_batch_size=8,
+            stop_flag=PreemptionWatcher(signal_names=()).flag,
+            nonfinite_limit=10,
+        )
     batch = (tf.random.stateless_uniform([8, 4], seed=[1, 2]), tf.range(8, dtype=tf.int32) % 3)
-    iterator = iter(strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors(batch).repeat().unbatch().batch(8)))
+    iterator = iter(
+        strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensors(batch).repeat().unbatch().batch(8)
+        )
+    )
     trainer.train(iterator, 1)
     before = state(trainer)
     sums = trainer.train(iterator, 1)

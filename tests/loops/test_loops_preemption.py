@@ -51,8 +51,13 @@ def make_trainer(watcher, fn=lambda n: None, backend=None):
     optimizer = keras.optimizers.SGD(0.1)
     optimizer.build(model.trainable_variables)
     backend = backend or distribute.Backend(strategy=tf.distribute.get_strategy())
-    trainer = Trainer(backend=backend, model=model, optimizer=optimizer, global_batch_size=8,
-                      stop_flag=watcher.flag)
+    trainer = Trainer(
+        backend=backend,
+        model=model,
+        optimizer=optimizer,
+        global_batch_size=8,
+        stop_flag=watcher.flag,
+    )
     batch = (tf.random.stateless_uniform([8, 4], seed=[1, 2]), tf.range(8, dtype=tf.int32) % 3)
     return trainer, iter(tf.data.Dataset.from_tensors(batch).repeat())
 
@@ -109,8 +114,10 @@ def test_a_real_signal_ends_a_long_call_early(usr1_watcher):
     sums = trainer.train(iterator, 1000)
     returned = time.monotonic()
     assert sums[STOP] > 0 and int(trainer.step.numpy()) < 1012
-    print(f"\nsignal at step 15 -> stopped after step {int(trainer.step.numpy())}, "
-          f"{1e3 * (returned - sent[0]):.2f} ms; one step {1e3 * step_time:.2f} ms (tiny model)")
+    print(
+        f"\nsignal at step 15 -> stopped after step {int(trainer.step.numpy())}, "
+        f"{1e3 * (returned - sent[0]):.2f} ms; one step {1e3 * step_time:.2f} ms (tiny model)"
+    )
 
 
 def test_a_signal_before_the_flag_exists_stops_after_the_first_step(usr1_watcher):
@@ -190,18 +197,26 @@ class Recorder:
 
 def controller(trainer, iterator, watcher, recorder, total=100):
     return Controller(
-        trainer=trainer, iterator=iterator, watcher=watcher, checkpoints=recorder,
-        monitor=recorder, evaluate=lambda: {"loss": 0.0, "accuracy": 0.0, "examples": 0},
-        schedule=Schedule(total_steps=total, steps_per_call=10, log_every=10,
-                          checkpoint_every=50, eval_every=0),
-        epoch_of=lambda step: 0.0, learning_rate_of=lambda step: 0.0)
+        trainer=trainer,
+        iterator=iterator,
+        watcher=watcher,
+        checkpoints=recorder,
+        monitor=recorder,
+        evaluate=lambda: {"loss": 0.0, "accuracy": 0.0, "examples": 0},
+        schedule=Schedule(
+            total_steps=total, steps_per_call=10, log_every=10, checkpoint_every=50, eval_every=0
+        ),
+        epoch_of=lambda step: 0.0,
+        learning_rate_of=lambda step: 0.0,
+    )
 
 
 def test_a_peer_signal_stops_this_worker_at_the_same_step_after_a_complete_save():
     peer = tf.Variable(0.0)
     watcher = PreemptionWatcher(signal_names=())
-    trainer, iterator = make_trainer(watcher, lambda n: n == 14 and peer.assign(1.0),
-                                     backend=PeerBackend(peer))
+    trainer, iterator = make_trainer(
+        watcher, lambda n: n == 14 and peer.assign(1.0), backend=PeerBackend(peer)
+    )
     recorder = Recorder()
     with pytest.raises(Preempted, match="step 14"):
         controller(trainer, iterator, watcher, recorder).run(0)
@@ -224,16 +239,29 @@ def test_a_request_between_calls_stops_after_the_next_step():
 
 def dropout_trainer(watcher):
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.5),
-                              keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     optimizer = keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
-    trainer = Trainer(backend=distribute.Backend(strategy=tf.distribute.get_strategy()),
-                      model=model, optimizer=optimizer, global_batch_size=8,
-                      stop_flag=watcher.flag)
+    trainer = Trainer(
+        backend=distribute.Backend(strategy=tf.distribute.get_strategy()),
+        model=model,
+        optimizer=optimizer,
+        global_batch_size=8,
+        stop_flag=watcher.flag,
+    )
     # The groups train.run checkpoints; model.variables holds the Dropout's SeedGenerator.
-    return trainer, {"model": model.variables, "optimizer": optimizer.variables,
-                     "train": [trainer.step]}
+    return trainer, {
+        "model": model.variables,
+        "optimizer": optimizer.variables,
+        "train": [trainer.step],
+    }
 
 
 def test_dropout_masks_and_adam_slots_continue_exactly_after_a_restore(tmp_path):
@@ -270,7 +298,7 @@ def resume_row(workdir, restored):
     if report is None:
         return None
     report()
-    (name, row), = recorder.calls
+    ((name, row),) = recorder.calls
     assert name == "resume" and row["time_to_resume_s"] > 0
     return row
 
@@ -286,8 +314,14 @@ def test_resume_row_after_a_preemption_reports_nothing_lost(tmp_path):
 
 
 def test_resume_row_after_a_crash_counts_only_the_last_process(tmp_path):
-    write_rows(tmp_path / "metrics.jsonl", loss(10), loss(20),  # a process that lost 10
-               {"event": "resume", "step": 10, "restored_step": 10}, loss(15), '{"step": 1')
+    write_rows(
+        tmp_path / "metrics.jsonl",
+        loss(10),
+        loss(20),  # a process that lost 10
+        {"event": "resume", "step": 10, "restored_step": 10},
+        loss(15),
+        '{"step": 1',
+    )
     row = resume_row(tmp_path, 10)
     assert (row["steps_lost"], row["previous_end"]) == (5, "crashed")
 
@@ -302,8 +336,13 @@ def test_resume_row_without_a_checkpoint_after_an_earlier_process(tmp_path):
 def test_resume_row_after_a_process_killed_before_its_resume_row(tmp_path):
     """That process wrote its start row, ran a step, and died before logging anything:
     it logged nothing, so the steps the one before it logged are not charged to it."""
-    write_rows(tmp_path / "metrics.jsonl", {"event": "start", "step": 0}, loss(10), loss(16),
-               {"event": "start", "step": 10})
+    write_rows(
+        tmp_path / "metrics.jsonl",
+        {"event": "start", "step": 0},
+        loss(10),
+        loss(16),
+        {"event": "start", "step": 10},
+    )
     row = resume_row(tmp_path, 10)
     assert (row["restored_step"], row["steps_lost"], row["previous_end"]) == (10, 0, "crashed")
 
@@ -316,12 +355,13 @@ def test_a_process_killed_before_its_first_step_leaves_no_rows_to_hide_earlier_l
     write_rows(path, {"event": "start", "step": 0}, loss(10), loss(16))
     before = path.read_text()
     for killed_before_its_first_step in (True, False):
-        monitor = Monitor(workdir=str(tmp_path), is_chief=True, total_steps=100,
-                          stream=io.StringIO())
+        monitor = Monitor(
+            workdir=str(tmp_path), is_chief=True, total_steps=100, stream=io.StringIO()
+        )
         write_first_step_rows = resume.first_step_rows(monitor, str(tmp_path), 12, 12)
         if not killed_before_its_first_step:
             write_first_step_rows()
         monitor.close()
-    rows = [json.loads(line) for line in path.read_text()[len(before):].splitlines()]
+    rows = [json.loads(line) for line in path.read_text()[len(before) :].splitlines()]
     assert [row["event"] for row in rows] == ["start", "resume"], rows
     assert (rows[1]["restored_step"], rows[1]["steps_lost"]) == (12, 4), rows[1]

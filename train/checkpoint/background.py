@@ -19,8 +19,10 @@ class BackgroundWriter:
         """Start fn(*args) in the writer thread; the caller waits for the previous first."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="checkpoint-writer",
-                initializer=_run_at_idle_priority)
+                max_workers=1,
+                thread_name_prefix="checkpoint-writer",
+                initializer=_run_at_idle_priority,
+            )
         self._inflight = self._executor.submit(fn, *args)
 
     def wait(self):

@@ -10,16 +10,23 @@ from train.errors import UsageError
 
 FAULT_ENV = "HARNESS_CHECKPOINT_FAULT"
 FAULT_EXIT_CODE = 86
-FAULT_PHASES = ("before_data", "after_data", "before_rename", "before_pointer",
-                "after_pointer", "during_retention")
+FAULT_PHASES = (
+    "before_data",
+    "after_data",
+    "before_rename",
+    "before_pointer",
+    "after_pointer",
+    "during_retention",
+)
 
 
 def fault_phase():
     """The test fault phase from the environment (None normally); a typo is a usage error."""
     phase = os.environ.get(FAULT_ENV) or None
     if phase is not None and phase not in FAULT_PHASES:
-        raise UsageError(f"{FAULT_ENV}={phase!r} is not a phase; choose one of: "
-                         f"{', '.join(FAULT_PHASES)}")
+        raise UsageError(
+            f"{FAULT_ENV}={phase!r} is not a phase; choose one of: {', '.join(FAULT_PHASES)}"
+        )
     return phase
 
 

@@ -83,10 +83,14 @@ def list_checkpoints(directory):
     except FileNotFoundError:
         return {}
     except OSError as exc:  # not a directory, no permission: the workdir is unusable
-        raise CheckpointError(f"cannot read checkpoint directory {directory}: "
-                              f"{describe(exc)}") from None
-    return {parse_step(n): n for n in names
-            if parse_step(n) is not None and os.path.isdir(os.path.join(directory, n))}
+        raise CheckpointError(
+            f"cannot read checkpoint directory {directory}: {describe(exc)}"
+        ) from None
+    return {
+        parse_step(n): n
+        for n in names
+        if parse_step(n) is not None and os.path.isdir(os.path.join(directory, n))
+    }
 
 
 def remove_dir(directory, name, *, fault=None):
@@ -105,8 +109,10 @@ def install(directory, tmp, name):
     """Rename the sealed `tmp` to directory/name (one atomic step) and make it durable."""
     if os.path.exists(os.path.join(directory, name)):
         if read_pointer(directory)[0] == name:  # never replace what a resume would use
-            raise CheckpointError(f"{name} already exists and is the latest checkpoint; "
-                                  "restore() before saving over it")
+            raise CheckpointError(
+                f"{name} already exists and is the latest checkpoint; "
+                "restore() before saving over it"
+            )
         # An earlier run's ckpt-X we did not resume from (damaged, or past a restore(step)
         # to an older one): this run's state replaces it.
         remove_dir(directory, name)
@@ -149,7 +155,11 @@ def find_latest(directory, check, warn):
             return name, check(name)
         except Damaged as exc:
             damaged.append(f"{name}: {exc}")
-            warn(f"checkpoint {os.path.join(directory, name)} is damaged ({exc}); "
-                 "falling back to an older one")
-    raise CheckpointError(f"no valid checkpoint in {directory} ({'; '.join(damaged)}); "
-                          "refusing to start from scratch: move it away to start over")
+            warn(
+                f"checkpoint {os.path.join(directory, name)} is damaged ({exc}); "
+                "falling back to an older one"
+            )
+    raise CheckpointError(
+        f"no valid checkpoint in {directory} ({'; '.join(damaged)}); "
+        "refusing to start from scratch: move it away to start over"
+    )

@@ -56,5 +56,4 @@ def state_names(names_by_group):
 
 
 def variable_names(variables):
-    return [getattr(v, "path", None) or getattr(v, "name", str(i))
-            for i, v in enumerate(variables)]
+    return [getattr(v, "path", None) or getattr(v, "name", str(i)) for i, v in enumerate(variables)]

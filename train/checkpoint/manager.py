@@ -40,7 +40,6 @@ Fault hook (tests). HARNESS_CHECKPOINT_FAULT=<phase> makes a save os._exit(86) a
 """
 
 import collections
-import dataclasses
 import logging
 import os
 import shutil
@@ -63,6 +62,7 @@ from train.checkpoint.manifest import (
     read_manifests,
     seal_checkpoint,
 )
+from train.checkpoint.options import CheckpointOptions
 from train.checkpoint.retention import apply_retention, kept_forever
 from train.checkpoint.state import as_step, describe_state, json_copy
 from train.checkpoint.tensors import check_tensors, make_reader, make_writer, read_state
@@ -70,24 +70,7 @@ from train.errors import CheckpointError, CheckpointWriteError, HarnessError, Us
 
 log = logging.getLogger(__name__)
 _UNKNOWN = object()
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointOptions:
-    """keep: newest checkpoints kept. keep_every_hours: additionally keep one checkpoint
-    per this many hours forever. async_save: save() returns after the snapshot."""
-
-    keep: int = 3
-    keep_every_hours: float | None = None
-    async_save: bool = False
-
-    def __post_init__(self):
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
-            raise UsageError(f"checkpoint keep must be an integer >= 1, got {self.keep!r}")
-        hours = self.keep_every_hours
-        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
-                                  or not hours > 0):
-            raise UsageError(f"checkpoint keep_every_hours must be > 0 or None, got {hours!r}")
+DEFAULT_OPTIONS = CheckpointOptions()  # frozen: one instance serves every manager
 
 
 _Job = collections.namedtuple("_Job", "step time values fault")  # values: host tensors
@@ -102,8 +85,9 @@ class CheckpointManager:
     wait()) before reporting a save as done, e.g. before exiting 42 after preemption.
     """
 
-    def __init__(self, *, directory, state, is_chief, meta=None,
-                 options=CheckpointOptions(), clock=time.time):  # noqa: B008 (frozen)
+    def __init__(
+        self, *, directory, state, is_chief, meta=None, options=DEFAULT_OPTIONS, clock=time.time
+    ):
         self.directory = os.path.abspath(os.fspath(directory))
         self.is_chief = bool(is_chief)
         self.options = options
@@ -131,10 +115,12 @@ class CheckpointManager:
         self.wait()  # one write in flight at most; a failed one is raised here
         if step == self._last_step:
             return
-        job = _Job(step=step, time=self._clock(), values=self._read_all(),
-                   fault=fault_phase())
-        finite.refuse_nonfinite(f"checkpoint save at step {step}",  # every worker alike
-                                finite.state_names(self._names), job.values)
+        job = _Job(step=step, time=self._clock(), values=self._read_all(), fault=fault_phase())
+        finite.refuse_nonfinite(
+            f"checkpoint save at step {step}",  # every worker alike
+            finite.state_names(self._names),
+            job.values,
+        )
         self._last_step = step
         if not self.is_chief:
             return
@@ -168,7 +154,8 @@ class CheckpointManager:
             raise type(exc)(f"checkpoint save at step {job.step} failed: {exc}") from exc
         except Exception as exc:
             raise CheckpointWriteError(
-                f"checkpoint save at step {job.step} failed: {files.describe(exc)}") from exc
+                f"checkpoint save at step {job.step} failed: {files.describe(exc)}"
+            ) from exc
 
     def _write_checkpoint(self, job):
         name = files.ckpt_name(job.step)
@@ -182,11 +169,7 @@ class CheckpointManager:
             # The new pointer is written now and fsynced with the checkpoint's files (one
             # journal commit); it replaces `latest` only after the rename below is durable.
             pointer = files.stage_text(self.directory, files.POINTER, name + "\n")
-            seal_checkpoint(tmp, {
-                "format_version": FORMAT_VERSION, "step": job.step, "time": job.time,
-                "keep_forever": keep_forever, "meta": self._meta, "variables": {
-                    g: [[list(shape), dtype] for shape, dtype in specs]
-                    for g, specs in self._specs.items()}}, sync_too=[pointer])
+            seal_checkpoint(tmp, self._manifest(job, keep_forever), sync_too=[pointer])
             crash_if(job.fault, "before_rename")
             self._manifests.pop(name, None)  # install may replace an older run's ckpt-X
             files.install(self.directory, tmp, name)
@@ -200,8 +183,27 @@ class CheckpointManager:
         crash_if(job.fault, "before_pointer")
         files.commit_text(self.directory, pointer, files.POINTER)
         crash_if(job.fault, "after_pointer")
-        apply_retention(self.directory, keep=self.options.keep, current=name,
-                        fault=job.fault, warn=log.warning, cache=self._manifests)
+        apply_retention(
+            self.directory,
+            keep=self.options.keep,
+            current=name,
+            fault=job.fault,
+            warn=log.warning,
+            cache=self._manifests,
+        )
+
+    def _manifest(self, job, keep_forever):
+        variables = {
+            g: [[list(shape), dtype] for shape, dtype in specs] for g, specs in self._specs.items()
+        }
+        return {
+            "format_version": FORMAT_VERSION,
+            "step": job.step,
+            "time": job.time,
+            "keep_forever": keep_forever,
+            "meta": self._meta,
+            "variables": variables,
+        }
 
     def _write_state(self, prefix, values):
         if self._writer is None:
@@ -271,8 +273,10 @@ class CheckpointManager:
 
     def _explicit(self, step, into):
         if not os.path.isdir(self.path_of(step)):
-            raise CheckpointError(f"no checkpoint for step {step} in {self.directory} "
-                                  f"(steps there: {self.all_steps() or 'none'})")
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory} "
+                f"(steps there: {self.all_steps() or 'none'})"
+            )
         try:
             return files.ckpt_name(step), self._check(files.ckpt_name(step), into)
         except files.Damaged as exc:
@@ -299,7 +303,8 @@ class CheckpointManager:
             os.makedirs(self.directory, exist_ok=True)
             problems = files.remove_leftovers(self.directory)
         except OSError as exc:
-            raise UsageError(f"cannot use checkpoint directory {self.directory}: "
-                             f"{files.describe(exc)}") from None
+            raise UsageError(
+                f"cannot use checkpoint directory {self.directory}: {files.describe(exc)}"
+            ) from None
         for problem in problems:
             log.warning("%s", problem)

@@ -83,15 +83,23 @@ def load_manifest(path, step):
         raise Damaged(f"{MANIFEST} is missing") from None
     except (OSError, ValueError) as exc:
         raise Damaged(f"{MANIFEST} is unreadable: {describe(exc)}") from None
-    kinds = {"format_version": int, "step": int, "time": (int, float), "files": dict,
-             "meta": dict, "variables": dict}
+    kinds = {
+        "format_version": int,
+        "step": int,
+        "time": (int, float),
+        "files": dict,
+        "meta": dict,
+        "variables": dict,
+    }
     if not isinstance(manifest, dict):
         raise Damaged(f"{MANIFEST} is not a JSON object")
     version = manifest.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
         # Not damage: falling back over it would silently lose progress.
-        raise CheckpointError(f"checkpoint {path} has format version {version}; this "
-                              f"tf-harness reads up to {FORMAT_VERSION}: upgrade it")
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}; this "
+            f"tf-harness reads up to {FORMAT_VERSION}: upgrade it"
+        )
     checksum = manifest.pop("checksum", None)
     if checksum != hashlib.sha256(_canonical(manifest)).hexdigest():
         raise Damaged(f"{MANIFEST} does not match its checksum")
@@ -131,20 +139,24 @@ def check_fit(name, saved, specs, names):
     dtype)]} exactly; `names` {group: [variable name]} only make the message readable."""
     unfit = f"checkpoint {name} does not fit this model"
     if sorted(saved) != sorted(specs):
-        raise CheckpointError(f"{unfit}: it holds state groups {sorted(saved)}, "
-                              f"this run has {sorted(specs)}")
+        raise CheckpointError(
+            f"{unfit}: it holds state groups {sorted(saved)}, this run has {sorted(specs)}"
+        )
     for group, ours in specs.items():
         if len(saved[group]) != len(ours):
-            raise CheckpointError(f"{unfit}: {group!r} has {len(ours)} variables, "
-                                  f"checkpoint has {len(saved[group])}")
+            raise CheckpointError(
+                f"{unfit}: {group!r} has {len(ours)} variables, checkpoint has {len(saved[group])}"
+            )
         for i, ((shape, dtype), theirs) in enumerate(zip(ours, saved[group], strict=True)):
             what = f"variable {group}[{i}] ({names[group][i]})"
             if list(shape) != theirs[0]:
-                raise CheckpointError(f"{unfit}: {what} has shape {tuple(shape)}, "
-                                      f"checkpoint has {tuple(theirs[0])}")
+                raise CheckpointError(
+                    f"{unfit}: {what} has shape {tuple(shape)}, checkpoint has {tuple(theirs[0])}"
+                )
             if dtype != theirs[1]:
-                raise CheckpointError(f"{unfit}: {what} has dtype {dtype}, "
-                                      f"checkpoint has {theirs[1]}")
+                raise CheckpointError(
+                    f"{unfit}: {what} has dtype {dtype}, checkpoint has {theirs[1]}"
+                )
 
 
 def read_manifests(directory, cache=None):

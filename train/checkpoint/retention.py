@@ -15,8 +15,9 @@ def apply_retention(directory, *, keep, current, fault, warn, cache=None):
         try:
             remove_dir(directory, name, fault=fault)
         except OSError as exc:  # the save itself succeeded: warn, do not fail training
-            warn(f"could not delete old checkpoint {os.path.join(directory, name)}: "
-                 f"{describe(exc)}")
+            warn(
+                f"could not delete old checkpoint {os.path.join(directory, name)}: {describe(exc)}"
+            )
 
 
 def kept_forever(manifests):
@@ -27,6 +28,7 @@ def kept_forever(manifests):
 def doomed(manifests, *, keep, current):
     """Names retention deletes: all but the `keep` newest by save time (a damaged manifest
     counts as oldest), `current`, and those marked keep_forever."""
+
     def age(name):
         m = manifests[name]
         return (m["time"], m["step"]) if m else (float("-inf"), parse_step(name))

@@ -20,23 +20,25 @@ def describe_state(state):
         raise UsageError("checkpoint state must be a non-empty mapping: group -> variables")
     groups, specs, names, seen = {}, {}, {}, {}
     for group, variables in state.items():
-        if not (isinstance(group, str) and _GROUP.fullmatch(group)) or \
-                hasattr(tf.train.Checkpoint, group):
+        if not (isinstance(group, str) and _GROUP.fullmatch(group)) or hasattr(
+            tf.train.Checkpoint, group
+        ):
             raise UsageError(f"checkpoint state group {group!r}: use a name like 'model'")
         groups[group], specs[group], names[group] = list(variables), [], []
         for i, v in enumerate(groups[group]):
             where = f"{group}[{i}]"
             names[group].append(getattr(v, "path", None) or getattr(v, "name", where))
             if id(v) in seen:  # a checkpoint stores an object once: the twins would not fit
-                raise UsageError(f"checkpoint state lists {names[group][-1]} twice "
-                                 f"({seen[id(v)]} and {where})")
+                raise UsageError(
+                    f"checkpoint state lists {names[group][-1]} twice ({seen[id(v)]} and {where})"
+                )
             seen[id(v)] = where
             try:
-                specs[group].append((tuple(int(d) for d in v.shape),
-                                     tf.as_dtype(v.dtype).name))
+                specs[group].append((tuple(int(d) for d in v.shape), tf.as_dtype(v.dtype).name))
             except (AttributeError, TypeError, ValueError):
-                raise UsageError(f"checkpoint state {where} is not a built variable: "
-                                 f"{v!r:.80}") from None
+                raise UsageError(
+                    f"checkpoint state {where} is not a built variable: {v!r:.80}"
+                ) from None
     return groups, specs, names
 
 

@@ -52,4 +52,5 @@ def run_main(prog, body, argv):
             return body(args)
         except SystemExit as e:  # --help / --version: argparse printed and exits
             return e.code or 0
+
     return guarded(prog, body_or_help, sys.argv[1:] if argv is None else list(argv))

@@ -31,40 +31,70 @@ def build_eval_parser():
     parser = ArgumentParser(
         prog="harness-eval",
         description="Evaluate a trained model on a split of a dataset (default: its test "
-                    "split). Give exactly one source: --workdir, --weights (with --model), "
-                    "--model-file or --saved-model.")
-    source = parser.add_argument_group("source (exactly one)")
-    source.add_argument("--workdir", help="a harness-train run directory: evaluate its latest "
-                                          "valid checkpoint (or --step N)")
-    source.add_argument("--weights", metavar="FILE",
-                        help="a weights-only file (model.weights.h5); needs --model")
-    source.add_argument("--model-file", metavar="FILE",
-                        help="a whole-model file (model.keras)")
-    source.add_argument("--saved-model", metavar="DIR", help="a SavedModel directory")
-    parser.add_argument("--step", type=int, help="with --workdir: the checkpoint step")
-    parser.add_argument("--model", help="with --weights: the architecture (cnn, resnet20)")
-    parser.add_argument("--dataset", help="dataset to evaluate on (default: the workdir's, "
-                                          f"else {DEFAULT_DATASET!r})")
-    parser.add_argument("--data-dir", help="TFDS data directory (default: the workdir's, else "
-                                           "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"evaluation batch size (default: {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--split",
-                        help="any split the dataset has (default: the split training "
-                             "evaluates on: 'test', else 'validation')")
+        "split). Give exactly one source: --workdir, --weights (with --model), "
+        "--model-file or --saved-model.",
+    )
+    _add_source_flags(parser.add_argument_group("source (exactly one)"))
+    _add_data_flags(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON object instead")
     return parser
+
+
+def _add_source_flags(source):
+    source.add_argument(
+        "--workdir",
+        help="a harness-train run directory: evaluate its latest valid checkpoint (or --step N)",
+    )
+    source.add_argument(
+        "--weights", metavar="FILE", help="a weights-only file (model.weights.h5); needs --model"
+    )
+    source.add_argument("--model-file", metavar="FILE", help="a whole-model file (model.keras)")
+    source.add_argument("--saved-model", metavar="DIR", help="a SavedModel directory")
+
+
+def _add_data_flags(parser):
+    parser.add_argument("--step", type=int, help="with --workdir: the checkpoint step")
+    parser.add_argument("--model", help="with --weights: the architecture (cnn, resnet20)")
+    parser.add_argument(
+        "--dataset",
+        help=f"dataset to evaluate on (default: the workdir's, else {DEFAULT_DATASET!r})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="TFDS data directory (default: the workdir's, else "
+        "$TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"evaluation batch size (default: {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--split",
+        help="any split the dataset has (default: the split training "
+        "evaluates on: 'test', else 'validation')",
+    )
 
 
 def parse_eval_args(argv):
     """argv -> validated argparse.Namespace (or UsageError). Loads no model or dataset."""
     args = build_eval_parser().parse_args(argv)
-    given = [flag for flag, value in (("--workdir", args.workdir), ("--weights", args.weights),
-                                      ("--model-file", args.model_file),
-                                      ("--saved-model", args.saved_model)) if value is not None]
+    given = [
+        flag
+        for flag, value in (
+            ("--workdir", args.workdir),
+            ("--weights", args.weights),
+            ("--model-file", args.model_file),
+            ("--saved-model", args.saved_model),
+        )
+        if value is not None
+    ]
     if len(given) != 1:
-        raise UsageError("give exactly one of --workdir, --weights, --model-file, --saved-model"
-                         + (f" (got {', '.join(given)})" if given else ""))
+        raise UsageError(
+            "give exactly one of --workdir, --weights, --model-file, --saved-model"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
     if args.weights is not None and not args.model:
         raise UsageError("--weights needs --model NAME (the architecture the weights belong to)")
     if args.model and args.weights is None:
@@ -110,11 +140,20 @@ def run_eval(args):
         model, path = _load_file_form(args, info)
         source = os.path.basename(os.path.normpath(path))
     check_fits(model, info, path)
-    result = export.evaluate(export.make_predict_fn(model),
-                             data.eval_dataset(info, data_dir, global_batch_size=args.batch_size,
-                                               float_images=True, split=split))
-    return {"source": source, "path": path, **({"step": step} if step is not None else {}),
-            "dataset": dataset, "split": split, **result}
+    result = export.evaluate(
+        export.make_predict_fn(model),
+        data.eval_dataset(
+            info, data_dir, global_batch_size=args.batch_size, float_images=True, split=split
+        ),
+    )
+    return {
+        "source": source,
+        "path": path,
+        **({"step": step} if step is not None else {}),
+        "dataset": dataset,
+        "split": split,
+        **result,
+    }
 
 
 def _load_file_form(args, info):
@@ -122,8 +161,9 @@ def _load_file_form(args, info):
     if args.weights is not None:
         path = args.weights
         policy = (export.read_export_meta(path) or {}).get("dtype_policy")
-        return export.load_weights_model(path, args.model, info.image_shape, info.num_classes,
-                                         dtype_policy=policy), path
+        return export.load_weights_model(
+            path, args.model, info.image_shape, info.num_classes, dtype_policy=policy
+        ), path
     if args.model_file is not None:
         return export.load_keras_model(args.model_file), args.model_file
     return export.load_saved_model(args.saved_model), args.saved_model
@@ -136,7 +176,8 @@ def check_fits(model, info, path):
         raise UsageError(
             f"{path}: the model takes {_shape(shape)} images and predicts {classes} classes; "
             f"dataset {info.name!r} has {_shape(info.image_shape)} images and "
-            f"{info.num_classes} classes (pick the matching --dataset)")
+            f"{info.num_classes} classes (pick the matching --dataset)"
+        )
 
 
 def _shape(shape):
@@ -144,9 +185,11 @@ def _shape(shape):
 
 
 def format_eval(result):
-    return (f"eval  source={result['source']}  dataset={result['dataset']}  "
-            f"split={result['split']}  examples={result['examples']}  "
-            f"loss={result['loss']:.6f}  accuracy={result['accuracy']:.6f}")
+    return (
+        f"eval  source={result['source']}  dataset={result['dataset']}  "
+        f"split={result['split']}  examples={result['examples']}  "
+        f"loss={result['loss']:.6f}  accuracy={result['accuracy']:.6f}"
+    )
 
 
 def _eval(argv):

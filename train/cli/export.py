@@ -22,17 +22,26 @@ def build_export_parser():
     parser = ArgumentParser(
         prog="harness-export",
         description="Export a training checkpoint of a run as the seed's formats: model.keras "
-                    "(whole model with optimizer state), model.weights.h5 (weights only), "
-                    "saved_model/ (SavedModel for serving). Single process; run it where the "
-                    "chief writes.")
+        "(whole model with optimizer state), model.weights.h5 (weights only), "
+        "saved_model/ (SavedModel for serving). Single process; run it where the "
+        "chief writes.",
+    )
     parser.add_argument("--workdir", required=True, help="a harness-train run directory")
-    parser.add_argument("--format", required=True, choices=[*export.FORMATS, "all"],
-                        help="what to write; 'all' writes the three")
-    parser.add_argument("--step", type=int,
-                        help="checkpoint step to export (default: the latest valid one)")
-    parser.add_argument("--out", help="output directory (default: WORKDIR/export/ckpt-STEP, "
-                                      "next to the end-of-training export in WORKDIR/export; "
-                                      "artifacts already there are replaced atomically)")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=[*export.FORMATS, "all"],
+        help="what to write; 'all' writes the three",
+    )
+    parser.add_argument(
+        "--step", type=int, help="checkpoint step to export (default: the latest valid one)"
+    )
+    parser.add_argument(
+        "--out",
+        help="output directory (default: WORKDIR/export/ckpt-STEP, "
+        "next to the end-of-training export in WORKDIR/export; "
+        "artifacts already there are replaced atomically)",
+    )
     return parser
 
 
@@ -51,10 +60,14 @@ def run_export(args):
     restored = restore_checkpoint(args.workdir, step=args.step)
     out = args.out or os.path.join(args.workdir, EXPORT_DIR, f"ckpt-{restored.step}")
     formats = export.FORMATS if args.format == "all" else (args.format,)
-    meta = {**restored.identity, "step": restored.step,
-            "workdir": os.path.abspath(args.workdir)}  # + model, dtype_policy by export_model
-    written = export.export_model(restored.model, restored.optimizer, out, formats=formats,
-                                  meta=meta)
+    meta = {
+        **restored.identity,
+        "step": restored.step,
+        "workdir": os.path.abspath(args.workdir),
+    }  # + model, dtype_policy by export_model
+    written = export.export_model(
+        restored.model, restored.optimizer, out, formats=formats, meta=meta
+    )
     return {"step": restored.step, "out": out, "written": written}
 
 

@@ -40,25 +40,33 @@ def restore_checkpoint(workdir, *, step=None):
     config = read_run_config(workdir)
     directory = workdir_lib.checkpoint_dir(workdir)
     if not os.path.isdir(directory):
-        raise UsageError(f"--workdir {workdir}: no checkpoints (no "
-                         f"{workdir_lib.CHECKPOINT_DIR}/ directory)")
+        raise UsageError(
+            f"--workdir {workdir}: no checkpoints (no {workdir_lib.CHECKPOINT_DIR}/ directory)"
+        )
     identity = _identity(config)
     train_config = _train_config(config)
     # train.run records the resolved precision; "auto" comes only from hand-made configs.
     with export.dtype_policy_scope(precision.keras_policy(train_config.precision)):
         model, optimizer = assemble.build_state(
-            train_config, identity, strategy=tf.distribute.get_strategy(),
-            num_workers=config.get("num_workers", 1))
+            train_config,
+            identity,
+            strategy=tf.distribute.get_strategy(),
+            num_workers=config.get("num_workers", 1),
+        )
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     # is_chief=False: this manager only reads (no leftover cleanup, no mkdir).
-    with CheckpointManager(directory=directory, is_chief=False,
-                           state=assemble.checkpoint_state(model, optimizer, step_var)) as manager:
+    with CheckpointManager(
+        directory=directory,
+        is_chief=False,
+        state=assemble.checkpoint_state(model, optimizer, step_var),
+    ) as manager:
         restored = manager.restore(step=step)
         if restored is None:
             raise UsageError(f"--workdir {workdir}: no checkpoint in {directory}")
         path = manager.path_of(restored)
-    return Restored(model=model, optimizer=optimizer, step=int(restored), identity=identity,
-                    path=path)
+    return Restored(
+        model=model, optimizer=optimizer, step=int(restored), identity=identity, path=path
+    )
 
 
 def _identity(config):
@@ -68,8 +76,9 @@ def _identity(config):
         from train import data
 
         info = data.dataset_info(identity["dataset"] or DEFAULT_DATASET, config.get("data_dir"))
-        identity.update(dataset=info.name, image_shape=list(info.image_shape),
-                        num_classes=info.num_classes)
+        identity.update(
+            dataset=info.name, image_shape=list(info.image_shape), num_classes=info.num_classes
+        )
     return identity
 
 
@@ -78,6 +87,9 @@ def _train_config(config):
     for key, choices in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS)):
         if key in config and config[key] not in choices:
             raise UsageError(f"run config: unknown {key} {config[key]!r}")
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                if f.default is not dataclasses.MISSING}
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING
+    }
     return types.SimpleNamespace(**{**defaults, **config})

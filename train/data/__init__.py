@@ -19,19 +19,29 @@ Importing the package imports TensorFlow and TFDS (and registers shapes10 with T
 """
 
 from train.data.pipeline import (
-                                 augment_images,
-                                 eval_dataset,
-                                 padded_eval_dataset,
-                                 to_float,
-                                 train_dataset,
+    augment_images,
+    eval_dataset,
+    padded_eval_dataset,
+    to_float,
+    train_dataset,
 )
 from train.data.sources import (
-                                 DEFAULT_DATASET,
-                                 SYNTHETIC,
-                                 DatasetInfo,
-                                 dataset_info,
-                                 default_data_dir,
+    DEFAULT_DATASET,
+    SYNTHETIC,
+    DatasetInfo,
+    dataset_info,
+    default_data_dir,
 )
 
-__all__ = ["DEFAULT_DATASET", "SYNTHETIC", "DatasetInfo", "augment_images", "dataset_info",
-           "default_data_dir", "eval_dataset", "padded_eval_dataset", "to_float", "train_dataset"]
+__all__ = [
+    "DEFAULT_DATASET",
+    "SYNTHETIC",
+    "DatasetInfo",
+    "augment_images",
+    "dataset_info",
+    "default_data_dir",
+    "eval_dataset",
+    "padded_eval_dataset",
+    "to_float",
+    "train_dataset",
+]

@@ -42,8 +42,10 @@ def per_worker(num_examples, num_workers):
 def position(num_examples, *, step, global_batch_size, num_workers=1):
     """(epoch, offset within this worker's epoch) after `step` global steps."""
     if global_batch_size % num_workers:
-        raise UsageError(f"global batch size {global_batch_size} is not divisible by "
-                         f"the number of workers {num_workers}")
+        raise UsageError(
+            f"global batch size {global_batch_size} is not divisible by "
+            f"the number of workers {num_workers}"
+        )
     consumed = step * (global_batch_size // num_workers)
     return divmod(consumed, per_worker(num_examples, num_workers))
 
@@ -52,17 +54,21 @@ def epoch_shard(num_examples, seed, epoch, worker_index, num_workers):
     """This worker's indices of epoch `epoch`: every W-th of the epoch's permutation."""
     perm = tf.random.experimental.stateless_shuffle(
         tf.range(num_examples, dtype=tf.int64),
-        seed=tf.stack([tf.constant(seed, tf.int64), epoch]), alg="philox")
+        seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+        alg="philox",
+    )
     count = per_worker(num_examples, num_workers)
-    return perm[worker_index:count * num_workers:num_workers]
+    return perm[worker_index : count * num_workers : num_workers]
 
 
 def augment_codes(num_examples, seed, epoch):
     """Per-example augmentation codes of one epoch, seeded by (seed, epoch) only."""
     aug_seed = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.constant(seed, tf.int64), epoch]), 1, alg="philox")
+        tf.stack([tf.constant(seed, tf.int64), epoch]), 1, alg="philox"
+    )
     return tf.random.stateless_uniform(
-        [num_examples], seed=aug_seed, minval=0, maxval=AUG_CODES, dtype=tf.int32, alg="philox")
+        [num_examples], seed=aug_seed, minval=0, maxval=AUG_CODES, dtype=tf.int32, alg="philox"
+    )
 
 
 def epochs(num_examples, *, seed, step, global_batch_size, worker_index=0, num_workers=1):
@@ -71,13 +77,14 @@ def epochs(num_examples, *, seed, step, global_batch_size, worker_index=0, num_w
     An infinite dataset of whole epochs, each one element ([P] int64 example indices,
     [P] int32 augmentation codes); the first epoch starts at the offset `position` gives.
     """
-    start_epoch, offset = position(num_examples, step=step, global_batch_size=global_batch_size,
-                                   num_workers=num_workers)
+    start_epoch, offset = position(
+        num_examples, step=step, global_batch_size=global_batch_size, num_workers=num_workers
+    )
 
     @no_autograph
     def epoch_arrays(epoch):
         shard = epoch_shard(num_examples, seed, epoch, worker_index, num_workers)
-        shard = shard[tf.where(epoch == start_epoch, offset, 0):]  # skip what was consumed
+        shard = shard[tf.where(epoch == start_epoch, offset, 0) :]  # skip what was consumed
         return shard, tf.gather(augment_codes(num_examples, seed, epoch), shard)
 
     return tf.data.Dataset.counter(start_epoch, dtype=tf.int64).map(epoch_arrays)

@@ -57,10 +57,15 @@ def _sharding(global_batch_size, input_context):
         return 0, 1, global_batch_size
     replicas = input_context.num_replicas_in_sync
     if global_batch_size % replicas:
-        raise UsageError(f"global batch size {global_batch_size} is not divisible by "
-                         f"the number of replicas {replicas}")
-    return (input_context.input_pipeline_id, input_context.num_input_pipelines,
-            input_context.get_per_replica_batch_size(global_batch_size))
+        raise UsageError(
+            f"global batch size {global_batch_size} is not divisible by "
+            f"the number of replicas {replicas}"
+        )
+    return (
+        input_context.input_pipeline_id,
+        input_context.num_input_pipelines,
+        input_context.get_per_replica_batch_size(global_batch_size),
+    )
 
 
 def _options():
@@ -80,11 +85,19 @@ def _batches(ds, make_batch):
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: int,
-                  start_step: int, augment: bool,
-                  input_context: tf.distribute.InputContext | None = None,
-                  with_codes: bool = False, with_indices: bool = False,
-                  float_images: bool = False) -> tf.data.Dataset:
+def train_dataset(
+    info: DatasetInfo,
+    data_dir,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int,
+    augment: bool,
+    input_context: tf.distribute.InputContext | None = None,
+    with_codes: bool = False,
+    with_indices: bool = False,
+    float_images: bool = False,
+) -> tf.data.Dataset:
     """Infinite training batches (uint8 images, int32 labels) from `start_step` on.
 
     augment: the images come out augmented (for a model fed directly, e.g. Keras `fit`);
@@ -96,24 +109,39 @@ def train_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int, seed: 
     """
     worker, workers, batch = _sharding(global_batch_size, input_context)
     source = sources.batch_source(info, data_dir, "train")
+    make_batch = _train_batch_fn(source, augment, float_images, with_codes, with_indices)
+    ds = order.epochs(
+        info.num_train,
+        seed=seed,
+        step=start_step,
+        global_batch_size=global_batch_size,
+        worker_index=worker,
+        num_workers=workers,
+    ).rebatch(batch, drop_remainder=True)
+    return _batches(ds, make_batch)
 
+
+def _train_batch_fn(source, augment, float_images, with_codes, with_indices):
     @no_autograph
     def make_batch(indices, codes):
         images, labels = source(indices)
         images = augment_images(images, codes) if augment else images
         images = to_float(images) if float_images else images
-        return (images, labels, *([codes] if with_codes else []),
-                *([indices] if with_indices else []))
+        extra = [*([codes] if with_codes else []), *([indices] if with_indices else [])]
+        return (images, labels, *extra)
 
-    ds = order.epochs(info.num_train, seed=seed, step=start_step,
-                      global_batch_size=global_batch_size, worker_index=worker,
-                      num_workers=workers).rebatch(batch, drop_remainder=True)
-    return _batches(ds, make_batch)
+    return make_batch
 
 
-def eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
-                 input_context: tf.distribute.InputContext | None = None,
-                 float_images: bool = False, split: str | None = None) -> tf.data.Dataset:
+def eval_dataset(
+    info: DatasetInfo,
+    data_dir,
+    *,
+    global_batch_size: int,
+    input_context: tf.distribute.InputContext | None = None,
+    float_images: bool = False,
+    split: str | None = None,
+) -> tf.data.Dataset:
     """A whole split (default: the evaluation split, info.eval_split) once, in order,
     sharded by worker; the last partial batch kept."""
     split = split or info.eval_split
@@ -131,8 +159,13 @@ def eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
     return _batches(ds, make_batch)
 
 
-def padded_eval_dataset(info: DatasetInfo, data_dir, *, global_batch_size: int,
-                        input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+def padded_eval_dataset(
+    info: DatasetInfo,
+    data_dir,
+    *,
+    global_batch_size: int,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
     """(images, labels, weights) batches for distributed evaluation.
 
     Every replica of every worker gets the same number of full batches: the test split is

@@ -44,8 +44,9 @@ class DatasetInfo:
         """Examples in `split`; UsageError naming the splits there are if it has none such."""
         sizes = dict(self.split_sizes) or {"train": self.num_train, self.eval_split: self.num_test}
         if split not in sizes:
-            raise UsageError(f"dataset {self.name!r} has no split {split!r}; it has "
-                             f"{', '.join(sorted(sizes))}")
+            raise UsageError(
+                f"dataset {self.name!r} has no split {split!r}; it has {', '.join(sorted(sizes))}"
+            )
         return sizes[split]
 
 
@@ -60,16 +61,26 @@ def _data_dir(data_dir):
 def dataset_info(name: str, data_dir: str | None) -> DatasetInfo:
     """Describe a dataset; prepares a built-in one on first use; UsageError if unusable."""
     if name == SYNTHETIC:
-        return DatasetInfo(SYNTHETIC, (32, 32, 3), 10, 50_000, 10_000,
-                           split_sizes=(("test", 10_000), ("train", 50_000)))
+        return DatasetInfo(
+            SYNTHETIC,
+            (32, 32, 3),
+            10,
+            50_000,
+            10_000,
+            split_sizes=(("test", 10_000), ("train", 50_000)),
+        )
     builder = _builder(name, _data_dir(data_dir))
     features, splits = builder.info.features, builder.info.splits
     eval_split = _eval_split(builder)
-    return DatasetInfo(name, tuple(int(d) for d in features["image"].shape),
-                       int(features["label"].num_classes), int(splits["train"].num_examples),
-                       int(splits[eval_split].num_examples), eval_split=eval_split,
-                       split_sizes=tuple(sorted((str(k), int(v.num_examples))
-                                                for k, v in splits.items())))
+    return DatasetInfo(
+        name,
+        tuple(int(d) for d in features["image"].shape),
+        int(features["label"].num_classes),
+        int(splits["train"].num_examples),
+        int(splits[eval_split].num_examples),
+        eval_split=eval_split,
+        split_sizes=tuple(sorted((str(k), int(v.num_examples)) for k, v in splits.items())),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,7 +93,8 @@ def _builder(name, data_dir):
         raise UsageError(
             f"unknown dataset {name!r}; use {SYNTHETIC!r}, "
             f"{', '.join(repr(b) for b in builtin_datasets.BUILTIN)} or a TFDS "
-            "image-classification dataset prepared in the data dir (e.g. 'cifar10', 'mnist')")
+            "image-classification dataset prepared in the data dir (e.g. 'cifar10', 'mnist')"
+        )
     else:
         builder = _open_prepared(name, base, data_dir)
     _check_features(name, builder)
@@ -102,22 +114,30 @@ def _open_prepared(name, base, data_dir):
         raise UsageError(
             f"dataset {name!r} is not prepared in {data_dir}: run `tfds build {base} "
             f"--data_dir {data_dir}` on a machine with internet, or copy a prepared "
-            f"'{base}' directory into {data_dir}")
+            f"'{base}' directory into {data_dir}"
+        )
     return builder
 
 
 def _check_features(name, builder):
     features = builder.info.features
-    if ("image" not in features or "label" not in features
-            or not isinstance(features["label"], tfds.features.ClassLabel)):
-        raise UsageError(f"dataset {name!r} is not image classification: it needs features "
-                         f"'image' and 'label' (ClassLabel), has {sorted(features.keys())}")
+    if (
+        "image" not in features
+        or "label" not in features
+        or not isinstance(features["label"], tfds.features.ClassLabel)
+    ):
+        raise UsageError(
+            f"dataset {name!r} is not image classification: it needs features "
+            f"'image' and 'label' (ClassLabel), has {sorted(features.keys())}"
+        )
     shape = features["image"].shape
     if len(shape) != 3 or None in shape:
         raise UsageError(f"dataset {name!r} has images of shape {shape}; need a fixed (H, W, C)")
     if "train" not in builder.info.splits or not _eval_split(builder):
-        raise UsageError(f"dataset {name!r} needs 'train' and 'test' (or 'validation') splits, "
-                         f"has {sorted(builder.info.splits.keys())}")
+        raise UsageError(
+            f"dataset {name!r} needs 'train' and 'test' (or 'validation') splits, "
+            f"has {sorted(builder.info.splits.keys())}"
+        )
 
 
 def _eval_split(builder):
@@ -131,8 +151,11 @@ def load_split(name, data_dir, split):
         builder = _builder(name, data_dir)
 
         def decode():
-            images, labels = tfds.as_numpy(builder.as_dataset(
-                split=split, batch_size=-1, as_supervised=True, shuffle_files=False))
+            images, labels = tfds.as_numpy(
+                builder.as_dataset(
+                    split=split, batch_size=-1, as_supervised=True, shuffle_files=False
+                )
+            )
             return images, labels.astype(np.int32)
 
         images, labels = split_cache.load(name, builder.data_dir, split, decode)
@@ -145,7 +168,10 @@ def batch_source(info, data_dir, split):
     """A function: int64 indices [B] -> (uint8 images [B, H, W, C], int32 labels [B])."""
     if info.name == SYNTHETIC:
         return functools.partial(
-            builtin_datasets.synthetic_batch, split=split,
-            image_shape=info.image_shape, num_classes=info.num_classes)
+            builtin_datasets.synthetic_batch,
+            split=split,
+            image_shape=info.image_shape,
+            num_classes=info.num_classes,
+        )
     images, labels = load_split(info.name, _data_dir(data_dir), split)
     return lambda indices: (tf.gather(images, indices), tf.gather(labels, indices))

@@ -17,5 +17,11 @@ strategies, and horovod lazily.
 from train.distribute.base import Backend, keep_until_exit, leave_cluster, teardown_may_hang
 from train.distribute.registry import create, resolve_strategy_name
 
-__all__ = ["Backend", "create", "keep_until_exit", "leave_cluster", "resolve_strategy_name",
-           "teardown_may_hang"]
+__all__ = [
+    "Backend",
+    "create",
+    "keep_until_exit",
+    "leave_cluster",
+    "resolve_strategy_name",
+    "teardown_may_hang",
+]

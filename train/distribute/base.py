@@ -76,8 +76,9 @@ def leave_cluster(code, context=None):
                 return
         return
     # If task 0 were gone already, the call could wait forever: give it a few seconds.
-    notice = threading.Thread(target=context.set_config_key_value,
-                              args=(f"harness-leaving/{index}", "0"), daemon=True)
+    notice = threading.Thread(
+        target=context.set_config_key_value, args=(f"harness-leaving/{index}", "0"), daemon=True
+    )
     notice.start()
     notice.join(LEAVE_NOTICE_TIMEOUT_S)
 
@@ -107,9 +108,11 @@ class Backend:
 
     def input_context(self):
         """This worker's shard of the input, as distribute_datasets_from_function passes it."""
-        return tf.distribute.InputContext(num_input_pipelines=self.num_workers,
-                                          input_pipeline_id=self.worker_index,
-                                          num_replicas_in_sync=self.num_replicas)
+        return tf.distribute.InputContext(
+            num_input_pipelines=self.num_workers,
+            input_pipeline_id=self.worker_index,
+            num_replicas_in_sync=self.num_replicas,
+        )
 
     def distribute_dataset(self, dataset_fn):
         """dataset_fn(input_context) -> what the trainer iterates: per-replica batches.
@@ -131,7 +134,8 @@ class Backend:
         if self.num_replicas == 1:
             return flag
         total = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32))
+            tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32)
+        )
         return total > 0
 
     def reduce_sum(self, per_replica):

@@ -36,14 +36,18 @@ def _import_horovod():
     except ModuleNotFoundError as e:
         if e.name in ("horovod", "horovod.tensorflow"):
             raise UsageError(
-                f"--strategy horovod: horovod is not installed; {INSTALL_HINT}") from None
-        raise UsageError(f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); "
-                         f"{INSTALL_HINT}") from None
+                f"--strategy horovod: horovod is not installed; {INSTALL_HINT}"
+            ) from None
+        raise UsageError(
+            f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); {INSTALL_HINT}"
+        ) from None
     except (ImportError, OSError, tf.errors.NotFoundError) as e:
         # Typically its op library was built against another TensorFlow.
-        raise UsageError(f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); "
-                         "rebuild it for this TensorFlow with: "
-                         "HOROVOD_REBUILD=1 bash launch/build_horovod.sh") from None
+        raise UsageError(
+            f"--strategy horovod: horovod cannot be loaded ({first_line(e)}); "
+            "rebuild it for this TensorFlow with: "
+            "HOROVOD_REBUILD=1 bash launch/build_horovod.sh"
+        ) from None
     return hvd
 
 
@@ -54,8 +58,9 @@ class HorovodBackend(base.Backend):
     collectives_in_xla = False
 
     def __init__(self, hvd, *, fp16_allreduce=False):
-        super().__init__(strategy=tf.distribute.get_strategy(), worker_index=hvd.rank(),
-                         num_workers=hvd.size())
+        super().__init__(
+            strategy=tf.distribute.get_strategy(), worker_index=hvd.rank(), num_workers=hvd.size()
+        )
         self.hvd = hvd
         self.local_rank = hvd.local_rank()
         self.fp16_allreduce = bool(fp16_allreduce)
@@ -72,8 +77,7 @@ class HorovodBackend(base.Backend):
             return grads
         present = [i for i, g in enumerate(grads) if g is not None]
         dense = [tf.convert_to_tensor(grads[i]) for i in present]  # IndexedSlices -> dense
-        summed = self.hvd.grouped_allreduce(dense, op=self.hvd.Sum,
-                                            compression=self._compression)
+        summed = self.hvd.grouped_allreduce(dense, op=self.hvd.Sum, compression=self._compression)
         out = list(grads)
         for i, g in zip(present, summed, strict=True):
             out[i] = g
@@ -102,8 +106,10 @@ class HorovodBackend(base.Backend):
         self.hvd.broadcast_variables(raw, root_rank=ROOT_RANK)
 
     def describe(self):
-        return (f"horovod: rank {self.worker_index} of {self.num_workers}"
-                f"{', fp16 allreduce' if self.fp16_allreduce else ''}")
+        return (
+            f"horovod: rank {self.worker_index} of {self.num_workers}"
+            f"{', fp16 allreduce' if self.fp16_allreduce else ''}"
+        )
 
 
 def _raw_variable(variable):
@@ -113,8 +119,9 @@ def _raw_variable(variable):
     for candidate in (getattr(variable, "value", None), getattr(variable, "_value", None)):
         if isinstance(candidate, tf.Variable):
             return candidate
-    raise TypeError(f"cannot broadcast {getattr(variable, 'path', variable)!r}: "
-                    "no tf.Variable under it")
+    raise TypeError(
+        f"cannot broadcast {getattr(variable, 'path', variable)!r}: no tf.Variable under it"
+    )
 
 
 def _pin_gpu(hvd):
@@ -124,15 +131,16 @@ def _pin_gpu(hvd):
         return
     local = hvd.local_rank()
     if local >= len(gpus):
-        raise UsageError(f"--strategy horovod: local rank {local} has no GPU of its own "
-                         f"(this host has {len(gpus)}); start at most {len(gpus)} ranks per host")
+        raise UsageError(
+            f"--strategy horovod: local rank {local} has no GPU of its own "
+            f"(this host has {len(gpus)}); start at most {len(gpus)} ranks per host"
+        )
     try:
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpus[local], "GPU")
     except RuntimeError as e:  # TensorFlow already initialised (in-process use)
-        raise UsageError(
-            f"--strategy horovod: cannot pin GPU {local} to this rank: {e}") from None
+        raise UsageError(f"--strategy horovod: cannot pin GPU {local} to this rank: {e}") from None
 
 
 def create(*, fp16_allreduce=False):

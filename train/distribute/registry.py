@@ -30,8 +30,12 @@ def _horovod(replicas, fp16_allreduce):
     return horovod.create(fp16_allreduce=fp16_allreduce)
 
 
-FACTORIES = {"default": _default, "mirrored": _mirrored, "multiworker": _multiworker,
-             "horovod": _horovod}
+FACTORIES = {
+    "default": _default,
+    "mirrored": _mirrored,
+    "multiworker": _multiworker,
+    "horovod": _horovod,
+}
 
 
 def resolve_strategy_name(requested):
@@ -53,8 +57,10 @@ def create(strategy_name, *, replicas=None, fp16_allreduce=False):
     """
     name = resolve_strategy_name(strategy_name)
     if fp16_allreduce and name != "horovod":
-        raise UsageError(f"--horovod-fp16-allreduce applies to --strategy horovod only "
-                         f"(the strategy here is {name})")
+        raise UsageError(
+            f"--horovod-fp16-allreduce applies to --strategy horovod only "
+            f"(the strategy here is {name})"
+        )
     if name not in FACTORIES:
         raise UsageError(f"--strategy: unknown strategy {strategy_name!r}")
     return FACTORIES[name](replicas, fp16_allreduce)

@@ -57,8 +57,9 @@ class MultiWorkerBackend(_StrategyBackend):
         from tensorflow.python.eager import context
 
         try:
-            context.context().get_config_key_value(PREEMPTION_NOTICE_KEY,
-                                                   timeout_in_ms=NOTICE_WAIT_MS)
+            context.context().get_config_key_value(
+                PREEMPTION_NOTICE_KEY, timeout_in_ms=NOTICE_WAIT_MS
+            )
         except tf.errors.DeadlineExceededError:
             return False
         return True
@@ -91,13 +92,16 @@ def _logical_cpus(n):
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)]
+        )
     except RuntimeError:
         pass  # runtime already initialised (in-process tests): use what exists
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     if len(devices) < n:
-        raise UsageError(f"--replicas {n}: only {len(devices)} logical CPU devices could be made "
-                         "(TensorFlow was initialised before the backend)")
+        raise UsageError(
+            f"--replicas {n}: only {len(devices)} logical CPU devices could be made "
+            "(TensorFlow was initialised before the backend)"
+        )
     return devices[:n]
 
 
@@ -113,7 +117,8 @@ def mirrored(replicas=None):
     devices = _logical_cpus(replicas or 1)
     # NCCL is GPU-only; on CPU, reduce through one device.
     strategy = tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     return MirroredBackend(strategy=strategy)
 
 
@@ -136,5 +141,7 @@ def multiworker():
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         cluster_resolver=resolver,
         communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=implementation))
+            implementation=implementation
+        ),
+    )
     return MultiWorkerBackend(strategy=strategy, worker_index=index, num_workers=count)

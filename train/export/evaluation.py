@@ -31,8 +31,7 @@ def make_predict_fn(model_or_saved):
     if isinstance(model_or_saved, keras.Model):
         model = model_or_saved
         spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        call = tf.function(lambda images: model(images, training=False),
-                           input_signature=[spec])
+        call = tf.function(lambda images: model(images, training=False), input_signature=[spec])
         return lambda images: call(tf.convert_to_tensor(images, tf.float32))
     signature = model_or_saved.signatures[SERVING_SIGNATURE]
     (name,) = signature.structured_input_signature[1].keys()
@@ -52,11 +51,13 @@ def evaluate(predict_fn, dataset):
         probs = np.asarray(predict_fn(images), dtype=np.float64)
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
         if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
-            raise UsageError(f"predictions of shape {probs.shape} do not match "
-                             f"{labels.shape[0]} labels")
+            raise UsageError(
+                f"predictions of shape {probs.shape} do not match {labels.shape[0]} labels"
+            )
         if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
-            raise UsageError(f"label {int(labels.max())} out of range for a model with "
-                             f"{probs.shape[1]} classes")
+            raise UsageError(
+                f"label {int(labels.max())} out of range for a model with {probs.shape[1]} classes"
+            )
         p = probs / probs.sum(axis=1, keepdims=True)
         p = np.clip(p[np.arange(labels.size), labels], EPSILON, 1.0 - EPSILON)
         loss_sum += float(-np.log(p).sum())

@@ -79,8 +79,12 @@ def _kind_of_directory(path):
         return "saved_model"
     if has("config.json") and has("checkpoints"):
         return "workdir"
-    if (has("checkpoint") or has("latest") or has("manifest.json")
-            or any(n.startswith("ckpt-") for n in os.listdir(path))):
+    if (
+        has("checkpoint")
+        or has("latest")
+        or has("manifest.json")
+        or any(n.startswith("ckpt-") for n in os.listdir(path))
+    ):
         return "checkpoint"
     if any(has(n) for n in ARTIFACTS.values()):
         return "export"
@@ -120,11 +124,15 @@ def check_kind(path, expected, flag=None):
     if kind == "missing":
         raise UsageError(f"{where}: no such file or directory")
     if kind != expected:
-        why = _USE_INSTEAD.get(kind) or {
-            "export": "it is a directory holding an export (name the file or saved_model/ "
-                      "in it)",
-            "directory": "it is a directory",
-            "file": "unrecognised file contents"}[kind]
+        why = (
+            _USE_INSTEAD.get(kind)
+            or {
+                "export": "it is a directory holding an export (name the file or saved_model/ "
+                "in it)",
+                "directory": "it is a directory",
+                "file": "unrecognised file contents",
+            }[kind]
+        )
         raise UsageError(f"{where}: not {_EXPECTED[expected]}: {why}")
 
 
@@ -135,7 +143,7 @@ def check_kind(path, expected, flag=None):
 def _named_as(path, name):
     """`path` itself if it ends as `name` does (from its first '.'), else a link to it
     called `name` in a temporary directory: Keras picks the reader by the suffix."""
-    if path.endswith(name[name.index("."):]):
+    if path.endswith(name[name.index(".") :]):
         yield path
         return
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -163,8 +171,9 @@ def load_weights_model(path, model_name, input_shape, num_classes, *, dtype_poli
                 warnings.simplefilter("ignore")
                 model.load_weights(source)
         except Exception as e:  # noqa: BLE001  (Keras raises ValueError/KeyError/OSError)
-            raise UsageError(f"{path}: weights do not fit model {model_name!r}: "
-                             f"{first_line(e)}") from None
+            raise UsageError(
+                f"{path}: weights do not fit model {model_name!r}: {first_line(e)}"
+            ) from None
     return model
 
 
@@ -176,11 +185,15 @@ def _weight_shapes_in_file(path):
     try:
         with h5py.File(path, "r") as f:
             if "layers" not in f:
-                raise UsageError(f"{path}: not a Keras 3 weights file (no 'layers' group; "
-                                 "save it with model.save_weights('*.weights.h5'))")
+                raise UsageError(
+                    f"{path}: not a Keras 3 weights file (no 'layers' group; "
+                    "save it with model.save_weights('*.weights.h5'))"
+                )
             f["layers"].visititems(
-                lambda name, obj: shapes.append(tuple(obj.shape))
-                if isinstance(obj, h5py.Dataset) else None)
+                lambda name, obj: (
+                    shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
     except OSError as e:
         raise UsageError(f"{path}: unreadable HDF5 file ({first_line(e)})") from None
     return shapes
@@ -201,7 +214,8 @@ def _check_weights_fit(path, file_shapes, model, model_name, input_shape, num_cl
     raise UsageError(
         f"{path}: weights do not fit model {model_name!r} for input {tuple(input_shape)} "
         f"and {num_classes} classes ({len(file_shapes)} tensors in the file, "
-        f"{len(model_shapes)} in the model; {', '.join(detail)})")
+        f"{len(model_shapes)} in the model; {', '.join(detail)})"
+    )
 
 
 def _in_order(shapes, counts):
@@ -244,9 +258,14 @@ def load_saved_model(path):
         raise UsageError(f"{path}: SavedModel has no {SERVING_SIGNATURE!r} signature")
     inputs = signature.structured_input_signature[1]
     outputs = signature.structured_outputs
-    if (len(inputs) != 1 or len(outputs) != 1
-            or next(iter(inputs.values())).shape.rank != 4
-            or next(iter(outputs.values())).shape.rank != 2):
-        raise UsageError(f"{path}: signature {SERVING_SIGNATURE!r} does not take one batch "
-                         "of images [N, H, W, C] and return probabilities [N, K]")
+    if (
+        len(inputs) != 1
+        or len(outputs) != 1
+        or next(iter(inputs.values())).shape.rank != 4
+        or next(iter(outputs.values())).shape.rank != 2
+    ):
+        raise UsageError(
+            f"{path}: signature {SERVING_SIGNATURE!r} does not take one batch "
+            "of images [N, H, W, C] and return probabilities [N, K]"
+        )
     return loaded

@@ -41,18 +41,25 @@ def _export(model, optimizer, directory, formats, meta):
     durable.remove_stale_temporaries(directory)
     model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"])
     written = {}
-    info = {"model": model.name, "image_shape": list(model.input_shape[1:]),
-            "num_classes": int(model.output_shape[-1]), "dtype_policy": model.dtype_policy.name}
+    info = {
+        "model": model.name,
+        "image_shape": list(model.input_shape[1:]),
+        "num_classes": int(model.output_shape[-1]),
+        "dtype_policy": model.dtype_policy.name,
+    }
     if "keras" in formats:
         written["keras"] = durable.write_file(directory, KERAS_FILE, model.save)
     if "weights" in formats:
-        written["weights"] = durable.write_file(directory, WEIGHTS_FILE,
-                                         _weights_only(model).save_weights)
+        written["weights"] = durable.write_file(
+            directory, WEIGHTS_FILE, _weights_only(model).save_weights
+        )
     if "saved_model" in formats:
-        written["saved_model"] = durable.write_dir(directory, SAVED_MODEL_DIR,
-                                            lambda path: _export_saved_model(model, path))
-    body = json.dumps({**info, **(meta or {}), "formats": sorted(written)}, indent=2,
-                      sort_keys=True)
+        written["saved_model"] = durable.write_dir(
+            directory, SAVED_MODEL_DIR, lambda path: _export_saved_model(model, path)
+        )
+    body = json.dumps(
+        {**info, **(meta or {}), "formats": sorted(written)}, indent=2, sort_keys=True
+    )
     written["meta"] = durable.write_file(directory, META_FILE, lambda path: _write_text(path, body))
     return written
 
@@ -61,8 +68,10 @@ def _check_formats(formats):
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise UsageError(f"unknown export format {', '.join(map(repr, unknown)) or '(none)'}; "
-                         f"choose from: {', '.join(FORMATS)}")
+        raise UsageError(
+            f"unknown export format {', '.join(map(repr, unknown)) or '(none)'}; "
+            f"choose from: {', '.join(FORMATS)}"
+        )
     return formats
 
 

@@ -53,8 +53,20 @@ class Schedule:
 
 
 class Controller:
-    def __init__(self, *, trainer, schedule, checkpoints, monitor, watcher, iterator,
-                 evaluate, epoch_of, learning_rate_of, on_first_step=None):
+    def __init__(
+        self,
+        *,
+        trainer,
+        schedule,
+        checkpoints,
+        monitor,
+        watcher,
+        iterator,
+        evaluate,
+        epoch_of,
+        learning_rate_of,
+        on_first_step=None,
+    ):
         self.trainer = trainer
         self.schedule = schedule
         self.checkpoints = checkpoints
@@ -86,30 +98,35 @@ class Controller:
             # call (collectives), and only the chief knows whether this is a resume.
             n = 1 if first_call else schedule.steps_until_boundary(step)
             first_call = False
-            sums = self.trainer.train(self.iterator, n)
-            returned = time.monotonic()
-            step = int(self.trainer.step.numpy())
-            if self.on_first_step is not None:
-                self.on_first_step()
-                self.on_first_step = None
-            self._totals += sums
-            preempted = sums[STOP] > 0  # not watcher.requested: see the module doc
-            stopped = self.trainer.nonfinite_stopped()
-            if (preempted or stopped or step % schedule.log_every == 0
-                    or step == schedule.total_steps):
-                self._log(step)
-            if stopped:
-                self._stop_nonfinite(step, sums)
-            if preempted:
-                self._preempt(step, returned)
-            if step % schedule.checkpoint_every == 0:
-                self._save(step)
-            if schedule.eval_every and step % schedule.eval_every == 0:
-                self._evaluate(step)
+            step = self._call(n)
         self._save(step)
         if self._last_evaluated != step:
             self._evaluate(step)
         self.checkpoints.wait()
+        return step
+
+    def _call(self, n):
+        """One compiled call of n steps, then what its boundary asks for; the new step."""
+        schedule = self.schedule
+        sums = self.trainer.train(self.iterator, n)
+        returned = time.monotonic()
+        step = int(self.trainer.step.numpy())
+        if self.on_first_step is not None:
+            self.on_first_step()
+            self.on_first_step = None
+        self._totals += sums
+        preempted = sums[STOP] > 0  # not watcher.requested: see the module doc
+        stopped = self.trainer.nonfinite_stopped()
+        if preempted or stopped or step % schedule.log_every == 0 or step == schedule.total_steps:
+            self._log(step)
+        if stopped:
+            self._stop_nonfinite(step, sums)
+        if preempted:
+            self._preempt(step, returned)
+        if step % schedule.checkpoint_every == 0:
+            self._save(step)
+        if schedule.eval_every and step % schedule.eval_every == 0:
+            self._evaluate(step)
         return step
 
     def _preempt(self, step, returned):
@@ -117,20 +134,25 @@ class Controller:
         self.checkpoints.wait()  # an async write too: exit 42 promises a complete save
         received = self.watcher.received
         delay = {} if received is None else {"signal_to_stop_s": round(returned - received[1], 4)}
-        self.monitor.event("preempted", step=step, signal=received[0] if received else "peer",
-                           **delay)
+        self.monitor.event(
+            "preempted", step=step, signal=received[0] if received else "peer", **delay
+        )
         raise Preempted(f"preempted at step {step}; checkpoint saved; rerun to resume")
 
     def _stop_nonfinite(self, step, sums):
         limit = self.trainer.nonfinite_limit
         what = nonfinite.describe(sums[NONFINITE], sums[NONFINITE_LOSS])
-        where = (f"step {step}" if limit == 1 else
-                 f"{limit} consecutive steps up to step {step} (--max-nonfinite-skips {limit})")
+        where = (
+            f"step {step}"
+            if limit == 1
+            else f"{limit} consecutive steps up to step {step} (--max-nonfinite-skips {limit})"
+        )
         saved = self._last_saved if self._last_saved is not None else self._restored
         self.monitor.event("nonfinite", step=step, what=what, consecutive=limit)
         raise NonFiniteError(
             f"non-finite {what} at {where}; not applied; stopped without saving; "
-            f"latest checkpoint: {'none' if saved is None else f'step {saved}'}")
+            f"latest checkpoint: {'none' if saved is None else f'step {saved}'}"
+        )
 
     def _log(self, step):
         totals, self._totals = self._totals, np.zeros(COLUMNS)
@@ -142,12 +164,14 @@ class Controller:
         self._throughput.reset(step)
         self.monitor.log_train(
             **({"nonfinite": skipped} if skipped else {}),
-            step=step, epoch=self.epoch_of(step),
+            step=step,
+            epoch=self.epoch_of(step),
             loss=float(totals[LOSS_SUM] / count),
             accuracy=float(totals[CORRECT] / count),
             learning_rate=self.learning_rate_of(step),
             images_per_sec=steps_per_sec * self.trainer.global_batch_size,
-            steps_per_sec=steps_per_sec)
+            steps_per_sec=steps_per_sec,
+        )
 
     def _save(self, step):
         if self._last_saved != step:

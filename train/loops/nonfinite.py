@@ -34,8 +34,9 @@ POLICIES = ("stop", "skip")
 
 def all_finite(tensors):
     """A scalar bool: every element of every (non-None) tensor is finite."""
-    flags = [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(t)))
-             for t in tensors if t is not None]
+    flags = [
+        tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(t))) for t in tensors if t is not None
+    ]
     return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
 
 
@@ -57,8 +58,11 @@ def step_flags(backend, loss, grads, *, check_gradients):
 
 def _fold_in(grads, flag):
     """grads with the smallest dense one set to NaN where `flag` (a scalar bool) is true."""
-    sizes = [(g.shape.num_elements() or 0, i) for i, g in enumerate(grads)
-             if isinstance(g, tf.Tensor) and g.dtype.is_floating]
+    sizes = [
+        (g.shape.num_elements() or 0, i)
+        for i, g in enumerate(grads)
+        if isinstance(g, tf.Tensor) and g.dtype.is_floating
+    ]
     if not sizes:
         return grads
     i = min(sizes)[1]
@@ -80,8 +84,11 @@ def apply_unless(bad, apply, grads):
 
     def cross_replica(distribution, bad, grads):
         agreed = distribution.experimental_local_results(bad)[0]  # every replica's is equal
-        tf.cond(agreed, _nothing, lambda: _nothing(
-            distribution.extended.call_for_each_replica(apply, args=(grads,))))
+        tf.cond(
+            agreed,
+            _nothing,
+            lambda: _nothing(distribution.extended.call_for_each_replica(apply, args=(grads,))),
+        )
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(bad, grads))
 

@@ -64,8 +64,9 @@ class PreemptionWatcher:
         with self._lock:
             if self._flag is None:
                 with tf.init_scope(), tf.device("/cpu:0"):
-                    self._flag = tf.Variable(1.0 if self.received else 0.0, trainable=False,
-                                             name="preemption_flag")
+                    self._flag = tf.Variable(
+                        1.0 if self.received else 0.0, trainable=False, name="preemption_flag"
+                    )
             return self._flag
 
     def install(self):
@@ -81,8 +82,7 @@ class PreemptionWatcher:
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, _ignore)
         self._old_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        self._thread = threading.Thread(target=self._watch, name="preemption-watcher",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="preemption-watcher", daemon=True)
         self._thread.start()
         return self
 

@@ -36,8 +36,19 @@ RECORD_INDICES_ENV = "HARNESS_RECORD_INDICES"
 class Trainer:
     """Owns the compiled functions; knows nothing about files or schedules."""
 
-    def __init__(self, *, backend, model, optimizer, global_batch_size, stop_flag,
-                 augment=False, jit_compile=False, record_indices=None, nonfinite_limit=1):
+    def __init__(
+        self,
+        *,
+        backend,
+        model,
+        optimizer,
+        global_batch_size,
+        stop_flag,
+        augment=False,
+        jit_compile=False,
+        record_indices=None,
+        nonfinite_limit=1,
+    ):
         self.backend = backend
         self.augment = augment  # batches carry augmentation codes: see _replica_train_step
         self.record_indices = record_indices  # a file path: see the test hook above
@@ -50,18 +61,15 @@ class Trainer:
         # The LossScaleOptimizer skips overflowing gradients itself: only the loss is checked.
         self.check_gradients = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         with backend.strategy.scope():
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
-                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-            # Not checkpointed: a resumed run starts a new count.
-            self.nonfinite_run = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name="nonfinite_run",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.step = _counter("step")
+            self.nonfinite_run = _counter("nonfinite_run")  # not checkpointed: a new count
         # A backend whose collectives have no XLA kernels (Horovod) runs its step unjitted.
         jit_compile = jit_compile and backend.collectives_in_xla
         # No autograph: the loop below is written as a tf.while_loop, everything else is
         # straight-line code, and converting it all cost ~0.35 s of every start (and resume).
-        self._replica_step = tf.function(self._replica_train_step, jit_compile=jit_compile,
-                                         autograph=False)
+        self._replica_step = tf.function(
+            self._replica_train_step, jit_compile=jit_compile, autograph=False
+        )
         self._train_n = tf.function(self._train_n_impl, autograph=False)
         self._eval_batch = tf.function(self._eval_batch_impl, autograph=False)
 
@@ -82,10 +90,12 @@ class Trainer:
                 loss += tf.add_n(model.losses) / self.backend.num_replicas
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
-        grads, bad, loss_bad = nonfinite.step_flags(self.backend, loss, grads,
-                                                    check_gradients=self.check_gradients)
+        grads, bad, loss_bad = nonfinite.step_flags(
+            self.backend, loss, grads, check_gradients=self.check_gradients
+        )
         nonfinite.apply_unless(
-            bad, lambda g: optimizer.apply_gradients(zip(g, model.trainable_variables)), grads)
+            bad, lambda g: optimizer.apply_gradients(zip(g, model.trainable_variables)), grads
+        )
         # The flag is read after the update (reads of the updated variables come first), not
         # whenever the scheduler likes: a signal during this step then stops after it.
         with tf.control_dependencies([tf.identity(v) for v in model.trainable_variables]):
@@ -97,14 +107,22 @@ class Trainer:
         return tf.concat([kept, sums[3:4], flags], axis=0)
 
     def _sums(self, per_example, probs, labels, weights=None, stop=0.0):
-        correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32),
-                                   tf.cast(labels, tf.int32)), tf.float32)
+        correct = tf.cast(
+            tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32)),
+            tf.float32,
+        )
         if weights is None:
             weights = tf.ones_like(correct)
-        return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32) * weights),
-                         tf.reduce_sum(correct * weights),
-                         tf.reduce_sum(weights),
-                         tf.cast(stop, tf.float32), 0.0, 0.0])
+        return tf.stack(
+            [
+                tf.reduce_sum(tf.cast(per_example, tf.float32) * weights),
+                tf.reduce_sum(correct * weights),
+                tf.reduce_sum(weights),
+                tf.cast(stop, tf.float32),
+                0.0,
+                0.0,
+            ]
+        )
 
     def _train_n_impl(self, iterator, n):
         def one_step(i, totals):
@@ -112,21 +130,18 @@ class Trainer:
             inputs = batch[:3] if self.augment else batch[:2]
             per_replica = self.backend.strategy.run(self._replica_step, args=inputs)
             sums = self.backend.reduce_sum(per_replica)
-            run = tf.where(sums[NONFINITE] > 0.5, self.nonfinite_run + 1,
-                           tf.zeros([], tf.int64))
-            with tf.control_dependencies([self.step.assign_add(1),
-                                          self.nonfinite_run.assign(run)]):
+            run = tf.where(sums[NONFINITE] > 0.5, self.nonfinite_run + 1, tf.zeros([], tf.int64))
+            with tf.control_dependencies([self.step.assign_add(1), self.nonfinite_run.assign(run)]):
                 if self.record_indices:
                     self._record(batch[-1])
                 return i + 1, totals + sums
 
         def more(i, totals):  # stop after the step in which any worker saw a signal
             return tf.logical_and(
-                tf.logical_and(i < n, totals[STOP] <= 0),
-                self.nonfinite_run < self.nonfinite_limit)  # or after too many bad steps
+                tf.logical_and(i < n, totals[STOP] <= 0), self.nonfinite_run < self.nonfinite_limit
+            )  # or after too many bad steps
 
-        _, totals = tf.while_loop(more, one_step,
-                                  (tf.constant(0, n.dtype), tf.zeros([COLUMNS])))
+        _, totals = tf.while_loop(more, one_step, (tf.constant(0, n.dtype), tf.zeros([COLUMNS])))
         return totals
 
     def nonfinite_stopped(self):
@@ -135,8 +150,12 @@ class Trainer:
 
     def _record(self, indices):
         local = self.backend.strategy.experimental_local_results(indices)
-        tf.print(self.step.read_value(), tf.concat(local, axis=0), summarize=-1,
-                 output_stream="file://" + os.path.abspath(self.record_indices))
+        tf.print(
+            self.step.read_value(),
+            tf.concat(local, axis=0),
+            summarize=-1,
+            output_stream="file://" + os.path.abspath(self.record_indices),
+        )
 
     def train(self, iterator, n):
         """Run up to n steps; returns host-side sums (numpy) of the steps that ran."""
@@ -160,8 +179,11 @@ class Trainer:
         count = float(totals[COUNT]) if totals is not None else 0.0
         if count == 0:
             return {"loss": float("nan"), "accuracy": float("nan"), "examples": 0}
-        return {"loss": float(totals[LOSS_SUM] / count),
-                "accuracy": float(totals[CORRECT] / count), "examples": int(count)}
+        return {
+            "loss": float(totals[LOSS_SUM] / count),
+            "accuracy": float(totals[CORRECT] / count),
+            "examples": int(count),
+        }
 
 
 class Throughput:
@@ -178,3 +200,14 @@ class Throughput:
         elapsed = time.perf_counter() - self.start_time
         steps = step - self.start_step
         return (steps / elapsed if elapsed > 0 else 0.0), elapsed
+
+
+def _counter(name):
+    """An int64 step-like counter, the same on every replica."""
+    return tf.Variable(
+        0,
+        dtype=tf.int64,
+        trainable=False,
+        name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )

@@ -62,7 +62,8 @@ def prepare(name, data_dir):
         return builder
     except (OSError, tf.errors.OpError) as e:  # e.g. a read-only or full data dir
         raise UsageError(
-            f"cannot prepare dataset {name!r} in {data_dir}: {first_line(e)}") from None
+            f"cannot prepare dataset {name!r} in {data_dir}: {first_line(e)}"
+        ) from None
 
 
 def _mix32(x):

@@ -27,8 +27,16 @@ TRAIN_SEED = 20_240_601
 TEST_SEED = 20_240_602
 SIZE = 32
 CLASS_NAMES = (
-    "circle", "square", "triangle", "cross", "ring",
-    "hstripes", "vstripes", "dstripes", "dots", "checkerboard",
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "hstripes",
+    "vstripes",
+    "dstripes",
+    "dots",
+    "checkerboard",
 )
 # Grid of pixel centres, shape [1, SIZE, SIZE] so per-image parameters of shape [n, 1, 1]
 # broadcast over it: every class is drawn for all its images at once (fast generation).
@@ -80,7 +88,8 @@ def _cross(rng, n):
     u, v = _rotated(rng, n, 10)
     half_width, half_len = _param(rng, n, 1, 2.5), _param(rng, n, 5, 10)
     return ((abs(u) <= half_width) & (abs(v) <= half_len)) | (
-        (abs(v) <= half_width) & (abs(u) <= half_len))
+        (abs(v) <= half_width) & (abs(u) <= half_len)
+    )
 
 
 def _ring(rng, n):
@@ -130,8 +139,18 @@ def _checkerboard(rng, n):
     return ((y + x) % 2 == 0) & _region(rng, n)
 
 
-_DRAW = (_circle, _square, _triangle, _cross, _ring,
-         _hstripes, _vstripes, _dstripes, _dots, _checkerboard)
+_DRAW = (
+    _circle,
+    _square,
+    _triangle,
+    _cross,
+    _ring,
+    _hstripes,
+    _vstripes,
+    _dstripes,
+    _dots,
+    _checkerboard,
+)
 
 
 def _colours(rng, n, min_contrast):
@@ -185,11 +204,20 @@ def encode_png(image):
     barely compress anyway: this is what keeps building the dataset to a few seconds.
     """
     height, width, channels = image.shape
-    rows = np.concatenate([np.zeros((height, 1), np.uint8),  # filter type 0 per row
-                           image.reshape(height, width * channels)], axis=1)
+    rows = np.concatenate(
+        [
+            np.zeros((height, 1), np.uint8),  # filter type 0 per row
+            image.reshape(height, width * channels),
+        ],
+        axis=1,
+    )
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 0)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 0))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 class Shapes10(tfds.core.GeneratorBasedBuilder):
@@ -201,10 +229,12 @@ class Shapes10(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(SIZE, SIZE, 3)),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(SIZE, SIZE, 3)),
+                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
